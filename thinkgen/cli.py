@@ -1,0 +1,304 @@
+"""``thinkgen`` command line: generate, edit, chat, info, train, eval.
+
+Exit codes: 0 ok, 2 bad input or config, 3 checkpoint problem, 1 anything else.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+from .errors import CheckpointError, ConfigError, InvalidInputError, ThinkgenError
+
+EPILOG_GENERATE = """examples:
+  thinkgen generate "two red circles left of a blue square" --think --out outputs/
+  thinkgen generate "a cat" "a dog" --model JSYuuu/ThinkGen --steps 50 --height 1024 --width 1024 --out outputs/
+"""
+EPILOG_EDIT = """examples:
+  thinkgen edit input.png "make the circle green" --out outputs/
+  thinkgen edit a.png b.png "put the object of the first image into the second" --think --out outputs/
+"""
+
+
+def _slug(text: str, n: int = 40) -> str:
+    s = re.sub(r"[^A-Za-z0-9]+", "-", text.strip().lower()).strip("-")
+    return (s[:n].rstrip("-") or "image")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="checkpoint folder or Hugging Face hub id (default: the shipped ThinkGen-Nano model)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
+
+
+def _add_gen_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, type=Path, help="output folder; receives NAME.png and NAME.json per image")
+    p.add_argument("--name", default=None, help="file name stem (default: derived from the prompt)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--think", dest="think", action="store_const", const="on",
+                   help="let the MLLM reason inside <think>...</think> before writing the instruction")
+    g.add_argument("--think-mode", dest="think", choices=["off", "on", "auto"],
+                   help="off: use the prompt as the instruction (pseudo-CoT); on: always think; auto: the model decides")
+    p.set_defaults(think="off")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's; 50 for the release)")
+    p.add_argument("--height", type=int, default=None, help="output height in pixels (default: the model's native size)")
+    p.add_argument("--width", type=int, default=None, help="output width in pixels")
+    p.add_argument("--text-guidance", type=float, default=4.0, help="text CFG scale (1 = off)")
+    p.add_argument("--image-guidance", type=float, default=2.0, help="reference-image CFG scale (editing)")
+    p.add_argument("--cfg-range", type=float, nargs=2, default=(0.0, 1.0), metavar=("START", "END"),
+                   help="apply CFG only on steps whose fraction i/N lies in [START, END]")
+    p.add_argument("--negative-prompt", default=None, help="negative prompt (default: the reference one)")
+    p.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    p.add_argument("--seed", type=int, default=0, help="noise and think seed (image j of a prompt uses seed + j)")
+    p.add_argument("--max-think-tokens", type=int, default=None, help="think budget in tokens")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, no thoughts printed")
+
+
+def _device_dtype(args):
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    return device, dtype
+
+
+def _load(args):
+    from .pipeline import ThinkGenPipeline
+
+    device, dtype = _device_dtype(args)
+    return ThinkGenPipeline.from_pretrained(args.model, dtype=dtype, device=device)
+
+
+def _model_defaults(pipe) -> dict:
+    """Per-checkpoint defaults stored in model_index.json under "thinkgen_defaults" (nano sets its own)."""
+    from .pipeline import default_model_path
+
+    path = Path(pipe.name) if pipe.name else default_model_path()
+    try:
+        return json.loads((path / "model_index.json").read_text()).get("thinkgen_defaults", {})
+    except Exception:
+        return {}
+
+
+def _run_generation(args, prompts: list[str], images) -> int:
+    from .images import save_png_atomic
+    from .pipeline import _as_prompts
+
+    _as_prompts(prompts)  # validate before loading anything
+    t0 = time.perf_counter()
+    pipe = _load(args)
+    load_s = time.perf_counter() - t0
+    d = _model_defaults(pipe)
+    steps = args.steps if args.steps is not None else d.get("num_inference_steps", 50)
+    kwargs = dict(
+        think=args.think,
+        height=args.height if args.height is not None else d.get("height"),
+        width=args.width if args.width is not None else d.get("width"),
+        num_inference_steps=steps,
+        text_guidance_scale=args.text_guidance,
+        image_guidance_scale=args.image_guidance,
+        cfg_range=tuple(args.cfg_range),
+        negative_prompt=args.negative_prompt,
+        num_images_per_prompt=args.num_images,
+        seed=args.seed,
+        max_think_tokens=args.max_think_tokens if args.max_think_tokens is not None else d.get("max_think_tokens", 4096),
+        progress=not args.quiet,
+    )
+    out = pipe(prompts if len(prompts) > 1 else prompts[0], images=images, **kwargs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    n_per = args.num_images
+    written = []
+    for k, img in enumerate(out.images):
+        b, j = divmod(k, n_per)
+        stem = args.name or _slug(prompts[b])
+        if len(out.images) > 1:
+            stem = f"{stem}-{b}-{j}" if args.name else f"{stem}-{j}" if len(prompts) == 1 else f"{b:03d}-{stem}-{j}"
+        meta = {
+            "prompt": prompts[b],
+            "input_images": [str(p) for p in (images or [])] if isinstance(images, list) else [],
+            "thoughts": out.thoughts[b],
+            "instruction": out.instructions[b],
+            "think_finished": out.finished[b],
+            "seed": out.seeds[k],
+            "settings": {k2: (list(v) if isinstance(v, tuple) else v) for k2, v in kwargs.items() if k2 != "progress"},
+            "model": pipe.name,
+            "timings_s": {"load": round(load_s, 3), **{k2: round(v, 3) for k2, v in out.timings.items()}},
+            "size": list(img.size),
+        }
+        png, side = args.out / f"{stem}.png", args.out / f"{stem}.json"
+        save_png_atomic(img, png, text={"thinkgen": json.dumps({"prompt": prompts[b], "seed": out.seeds[k]})})
+        tmp = side.with_name(f".{side.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        os.replace(tmp, side)
+        written.append(png)
+    if not args.quiet:
+        for b, p in enumerate(prompts):
+            if args.think != "off":
+                print(f"[{b}] thoughts: {out.thoughts[b].strip()}")
+            print(f"[{b}] instruction: {out.instructions[b].strip()}")
+    for p in written:
+        print(f"wrote {p}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    return _run_generation(args, args.prompt, None)
+
+
+def cmd_edit(args) -> int:
+    if len(args.inputs) < 2:
+        raise InvalidInputError("edit needs at least one input image and an instruction: thinkgen edit IMAGE [IMAGE...] INSTRUCTION")
+    *images, instruction = args.inputs
+    return _run_generation(args, [instruction], list(images))
+
+
+def cmd_chat(args) -> int:
+    pipe = _load(args)
+    if args.message is not None:
+        print(pipe.chat(args.message, images=args.image, max_new_tokens=args.max_new_tokens))
+        return 0
+    history = []
+    print("thinkgen chat: empty line or Ctrl-D to quit")
+    images = args.image
+    while True:
+        try:
+            line = input("> ").strip()
+        except EOFError:
+            break
+        if not line:
+            break
+        history.append({"role": "user", "content": line})
+        reply = pipe.chat(history, images=images, max_new_tokens=args.max_new_tokens)
+        history.append({"role": "assistant", "content": reply})
+        print(reply)
+    return 0
+
+
+def cmd_info(args) -> int:
+    import torch
+
+    from .pipeline import default_model_path
+    from .loading import resolve_model_path
+
+    root = resolve_model_path(args.model) if args.model else default_model_path()
+    info = {"model": str(root)}
+    idx = root / "model_index.json"
+    if not idx.is_file():
+        raise CheckpointError(f"{root} has no model_index.json; it is not a ThinkGen checkpoint folder")
+    info["model_index"] = json.loads(idx.read_text())
+    for comp, fname in (("transformer", "config.json"), ("vae", "config.json"), ("scheduler", "scheduler_config.json")):
+        f = root / comp / fname
+        if f.is_file():
+            cfg = json.loads(f.read_text())
+            info[comp] = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    mcfg = root / "mllm" / "config.json"
+    if mcfg.is_file():
+        cfg = json.loads(mcfg.read_text())
+        tc = cfg.get("text_config", {})
+        info["mllm"] = {"architectures": cfg.get("architectures"), "hidden_size": tc.get("hidden_size"),
+                        "num_hidden_layers": tc.get("num_hidden_layers"), "vocab_size": tc.get("vocab_size")}
+    sizes = {}
+    for comp in ("mllm", "transformer", "vae"):
+        sizes[comp] = sum(p.stat().st_size for p in (root / comp).glob("*.safetensors"))
+    info["weights_bytes"] = sizes
+    info["torch"] = torch.__version__
+    info["cuda_available"] = torch.cuda.is_available()
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_train(args, rest) -> int:
+    if args.what == "sepgrpo":
+        from .rl.sepgrpo import main as sepgrpo_main
+        return sepgrpo_main(rest)
+    if args.what == "nano":
+        from .nano.train import main as nano_main
+        return nano_main(rest)
+    from .train.cli import main_train
+    return main_train([args.what, *rest])
+
+
+def cmd_eval(args, rest) -> int:
+    if args.what == "nano":
+        from .nano.evaluate import main as eval_main
+        return eval_main(rest)
+    from .eval.cli import main as bench_main
+    return bench_main([args.what, *rest])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="thinkgen",
+        description="ThinkGen: a multimodal LLM thinks, writes an instruction, and a diffusion transformer draws it. "
+                    "Without --model the shipped ThinkGen-Nano model (CPU-friendly, 64x64 shape world) is used.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    g = sub.add_parser("generate", help="text-to-image", epilog=EPILOG_GENERATE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    g.add_argument("prompt", nargs="+", help="one or more prompts (each one image set)")
+    _add_model_args(g)
+    _add_gen_args(g)
+    g.set_defaults(func=cmd_generate)
+
+    e = sub.add_parser("edit", help="edit reference image(s) by an instruction", epilog=EPILOG_EDIT,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("inputs", nargs="+", metavar="IMAGE... INSTRUCTION", help="1-5 input images, then the instruction")
+    _add_model_args(e)
+    _add_gen_args(e)
+    e.set_defaults(func=cmd_edit)
+
+    c = sub.add_parser("chat", help="ask the MLLM about images (image understanding)")
+    c.add_argument("message", nargs="?", default=None, help="one question; omit for an interactive session")
+    c.add_argument("--image", action="append", default=None, help="an image to ask about (repeatable)")
+    c.add_argument("--max-new-tokens", type=int, default=512)
+    _add_model_args(c)
+    c.set_defaults(func=cmd_chat)
+
+    i = sub.add_parser("info", help="show a checkpoint's components, configs and sizes")
+    i.add_argument("--model", default=None, help="checkpoint folder or hub id (default: ThinkGen-Nano)")
+    i.set_defaults(func=cmd_info)
+
+    t = sub.add_parser("train", help="train: dit | mllm (supervised), sepgrpo (RL), nano (everything, from scratch)",
+                       add_help=False)
+    t.add_argument("what", choices=["dit", "mllm", "sepgrpo", "nano"])
+    t.set_defaults(func=cmd_train, passthrough=True)
+
+    v = sub.add_parser("eval", help="evaluate: nano (shape world) or a benchmark", add_help=False)
+    v.add_argument("what")
+    v.set_defaults(func=cmd_eval, passthrough=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    try:
+        if getattr(args, "passthrough", False):
+            return int(args.func(args, rest) or 0)
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return int(args.func(args) or 0)
+    except (InvalidInputError, ConfigError) as e:
+        print(f"thinkgen: error: {e}", file=sys.stderr)
+        return 2
+    except CheckpointError as e:
+        print(f"thinkgen: checkpoint error: {e}", file=sys.stderr)
+        return 3
+    except ThinkgenError as e:
+        print(f"thinkgen: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("thinkgen: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
