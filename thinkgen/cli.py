@@ -57,6 +57,8 @@ def _add_gen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-images", type=int, default=1, help="images per prompt")
     p.add_argument("--seed", type=int, default=0, help="noise and think seed (image j of a prompt uses seed + j)")
     p.add_argument("--max-think-tokens", type=int, default=None, help="think budget in tokens")
+    p.add_argument("--max-answer-tokens", type=int, default=None,
+                   help="budget for the instruction written after </think> (default 256)")
     p.add_argument("--quiet", action="store_true", help="no progress bars, no thoughts printed")
 
 
@@ -108,8 +110,12 @@ def _run_generation(args, prompts: list[str], images) -> int:
         num_images_per_prompt=args.num_images,
         seed=args.seed,
         max_think_tokens=args.max_think_tokens if args.max_think_tokens is not None else d.get("max_think_tokens", 4096),
+        max_answer_tokens=args.max_answer_tokens if args.max_answer_tokens is not None else d.get("max_answer_tokens", 256),
         progress=not args.quiet,
     )
+    for key in ("think_do_sample", "think_temperature", "think_top_p"):
+        if key in d:
+            kwargs[key] = d[key]
     out = pipe(prompts if len(prompts) > 1 else prompts[0], images=images, **kwargs)
     args.out.mkdir(parents=True, exist_ok=True)
     n_per = args.num_images

@@ -438,10 +438,18 @@ class ThinkGenPipeline:
         if isinstance(messages, str):
             if not messages.strip():
                 raise InvalidInputError("message is empty; ask a question")
-            messages = [{"role": "user", "content": messages}]
-        if not isinstance(messages, list) or not messages:
+        elif not isinstance(messages, list) or not messages:
             raise InvalidInputError("messages must be a non-empty string or a list of {'role','content'} dicts")
         imgs = [load_image(x) for x in (images or [])]
+        if imgs and isinstance(messages, list) and not any(
+            isinstance(m.get("content"), list) and any(isinstance(c, dict) and c.get("type") == "image" for c in m["content"])
+            for m in messages
+        ):
+            # attach the images to the first user turn
+            messages = [dict(m) for m in messages]
+            first = next(i for i, m in enumerate(messages) if m.get("role") == "user")
+            text = messages[first]["content"]
+            messages[first]["content"] = [{"type": "image"} for _ in imgs] + [{"type": "text", "text": text}]
         if len(imgs) > MAX_REFERENCE_IMAGES:
             raise InvalidInputError(f"{len(imgs)} images given; at most {MAX_REFERENCE_IMAGES} are supported")
         _check_int("max_new_tokens", max_new_tokens, 1, 32768)

@@ -31,11 +31,13 @@ from thinkgen.nano.world import (
 CHROMA_SEED = 45.0      # component seed threshold on chroma (0-255)
 MIN_MASS = 18.0         # soft-mask mass (px) below which a component is noise (small star is ~55 px)
 TEXT_CHROMA_MAX = 60.0  # pixels more colourful than this are never text ink
+SIGN_LIGHT_MAX = 243.0  # the sign box is 225 grey, the background 255 white
+SIGN_MIN_RUN = 24
 _SUPER = 4
-_BLURS = (0.0, 0.5, 1.0, 1.5, 2.0)
-SOFT_FLOOR = 0.05
-GLOBAL_BLUR = True
-SOFT_CLIP = 1.0
+_BLURS = (0.0, 1.0)
+SOFT_FLOOR = 0.0
+GLOBAL_BLUR = False
+SOFT_CLIP = 1.5
 SEED_COVER = 0.5
 SEED_CHROMA_MIN = 30.0
 SOFT_RENORM = 0.8
@@ -216,7 +218,7 @@ def parse_objects(arr: np.ndarray, return_details: bool = False):
             ki = int(np.argmin(errs[:, bi]))
         cx, cy, s = fits[ki]
         size = "small" if s < SIZE_SPLIT_PX else "large"
-        objs.append(Obj(KINDS[ki], colour, size, round(cx, 2), round(cy, 2), round(s, 2)))
+        objs.append(Obj(KINDS[ki], colour, size, round(float(cx), 2), round(float(cy), 2), round(float(s), 2)))
         details.append({"kind": KINDS[ki], "colour": colour, "mass": m, "fit_error": float(errs[ki, bi]),
                         "side": s, "blur": _BLURS[bi]})
     return (objs, details) if return_details else objs
@@ -231,6 +233,7 @@ _GH, _GW = GLYPH_H * GLYPH_SCALE, GLYPH_W * GLYPH_SCALE
 
 
 def darkness(arr: np.ndarray) -> np.ndarray:
+    """Text-ink strength in [0, 1] per pixel: dark and not colourful."""
     chroma = arr.max(-1) - arr.min(-1)
     light = arr.mean(-1)
     d = np.clip((190.0 - light) / 150.0, 0, 1)
@@ -238,15 +241,44 @@ def darkness(arr: np.ndarray) -> np.ndarray:
     return d
 
 
+def sign_region(arr: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) of the light-grey sign box, or None. Rows/columns count as sign where more than
+    SIGN_MIN_RUN pixels are sign-grey (low chroma, lighter than ink, darker than the white background) or ink."""
+    chroma = arr.max(-1) - arr.min(-1)
+    light = arr.mean(-1)
+    grey = (chroma < 40) & (light < SIGN_LIGHT_MAX)
+    on = grey.sum(1) > SIGN_MIN_RUN
+    best, start = (0, 0), None  # longest run of consecutive sign rows
+    for y, flag in enumerate(list(on) + [False]):
+        if flag and start is None:
+            start = y
+        elif not flag and start is not None:
+            if y - start > best[1] - best[0]:
+                best = (start, y)
+            start = None
+    y0, y1 = best
+    if y1 - y0 < 8:
+        return None
+    cols = np.nonzero(grey[y0:y1].sum(0) > (y1 - y0) // 2)[0]
+    if len(cols) < 12:
+        return None
+    return int(cols.min()), y0, int(cols.max()) + 1, y1
+
+
 def read_text(arr: np.ndarray) -> str | None:
-    """Sign text, or None when there is no text ink."""
-    d = darkness(arr)
+    """Sign text, or None when there is no sign box or no ink on it."""
+    region = sign_region(arr)
+    if region is None:
+        return None
+    x0, y0, x1, y1 = region
+    d = np.zeros(arr.shape[:2])
+    d[y0:y1, x0:x1] = darkness(arr)[y0:y1, x0:x1]
     ink = d > 0.5
     if ink.sum() < 6:
         return None
     ys, xs = np.nonzero(ink)
     bx0, bx1, by0, by1 = xs.min(), xs.max(), ys.min(), ys.max()
-    pad = 16
+    pad = 64
     dp = np.pad(d, pad)
     d2 = dp * dp
     total = float(d2.sum())

@@ -454,8 +454,29 @@ def _place(kind, colour, size, slot, jitter=(0, 0)) -> Obj:
 
 
 def max_jitter(size: str) -> int:
-    """Largest per-axis offset from the slot centre that keeps >= 1 px between boxes and inside the canvas."""
+    """Largest per-axis offset from the slot centre that keeps the box inside the canvas and >= 1 px from the
+    neighbouring slots' boxes (``_jittered`` also keeps >= MIN_GAP px between the actual boxes)."""
     return 1 if size == "large" else 3
+
+
+MIN_GAP = 2
+
+
+def _gap(a: Obj, b: Obj) -> float:
+    ax0, ay0, ax1, ay1 = a.box
+    bx0, by0, bx1, by1 = b.box
+    return max(bx0 - ax1, ax0 - bx1, by0 - ay1, ay0 - by1)
+
+
+def _jittered(objs: list[Obj], rng: random.Random, jitter: int) -> list[Obj]:
+    """Apply integer jitter object by object, dropping an object's jitter when it would come closer than MIN_GAP px
+    to an already placed object."""
+    out: list[Obj] = []
+    for o in objs:
+        j = min(jitter, max_jitter(o.size))
+        moved = replace(o, cx=o.cx + rng.randint(-j, j), cy=o.cy + rng.randint(-j, j))
+        out.append(moved if all(_gap(moved, p) >= MIN_GAP for p in out) else o)
+    return out
 
 
 def _relations_hold(spec: SceneSpec, groups: list[list[Obj]]) -> bool:
@@ -484,14 +505,17 @@ def layout(spec: SceneSpec, rng: random.Random | None = None, jitter: int = 0) -
     free = _free_slots(has_text)
     for _ in range(300):
         slots = rng.sample(free, total)
-        groups, i = [], 0
+        flat, sizes, i = [], [], 0
         for g, at in zip(spec.groups, attrs):
-            objs = []
             for colour, size in at:
-                j = min(jitter, max_jitter(size))
-                objs.append(_place(g.kind, colour, size, slots[i], (rng.randint(-j, j), rng.randint(-j, j))))
+                flat.append(_place(g.kind, colour, size, slots[i]))
                 i += 1
-            groups.append(objs)
+            sizes.append(len(at))
+        flat = _jittered(flat, rng, jitter)
+        groups, i = [], 0
+        for k in sizes:
+            groups.append(flat[i:i + k])
+            i += k
         if _relations_hold(spec, groups):
             return Scene(tuple(o for grp in groups for o in grp), spec.text)
     canon = layout(spec)
@@ -518,10 +542,8 @@ def random_scene(rng: random.Random, n_objects: int | None = None, text_prob: fl
             if not unique or (kind, colour) not in used:
                 break
         used.add((kind, colour))
-        size = rng.choice(SIZE_NAMES)
-        j = min(jitter, max_jitter(size))
-        objs.append(_place(kind, colour, size, sl, (rng.randint(-j, j), rng.randint(-j, j))))
-    return Scene(tuple(objs), text)
+        objs.append(_place(kind, colour, rng.choice(SIZE_NAMES), sl))
+    return Scene(tuple(_jittered(objs, rng, jitter)), text)
 
 
 # --------------------------------------------------------------------------------------------------------------------

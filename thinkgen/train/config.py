@@ -177,7 +177,7 @@ def _as_source(d: Any) -> DataSource:
     else:
         raise _bad("data", d, "a source is a path or {path, ratio}", "e.g. --data=train.jsonl")
     if not (src.ratio > 0) or src.ratio == float("inf"):
-        raise _bad("data.ratio", src.ratio, f"the ratio of {src.path} must be a finite number > 0", "drop the source instead of ratio 0")
+        raise _bad("data.ratio", src.ratio, f"the ratio of {src.path} must be a finite number > 0", "e.g. ratio: 1.0 (remove the source to skip it)")
     return src
 
 

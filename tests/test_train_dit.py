@@ -1,0 +1,210 @@
+"""DiT flow-matching trainer on a tiny released-layout model (CPU): learning, stage-1 freezing, exact resume,
+LoRA export, feature cache, config checks on resume, CLI, and a 2-process torchrun run (gloo)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from thinkgen.checkpoint import FaultInjected, verify_manifest
+from thinkgen.errors import ConfigError
+from thinkgen.models.dit import ThinkGenTransformer2DModel
+from thinkgen.train.config import stage1, stage2
+from thinkgen.train.dit_trainer import train_dit
+from thinkgen.train.tiny import build_tiny_model_dir, write_tiny_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+W = "diffusion_pytorch_model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dit")
+    model = build_tiny_model_dir(root / "model")
+    data = write_tiny_dataset(root / "data", n_t2i=8, n_edit=4)
+    return model, data
+
+
+def cfg_for(assets, out, **kw):
+    model, data = assets
+    base = dict(model_dir=str(model), data=[str(data)], output_dir=str(out), batch_size=2, warmup_steps=0,
+                lr=1e-3, max_steps=6, save_every=3, log_every=1, shuffle_buffer=4, seed=0)
+    return stage2(**{**base, **kw})
+
+
+def weights(folder) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(folder) / W))
+
+
+def metrics(out) -> list[dict]:
+    return [json.loads(l) for l in (Path(out) / "logs" / "metrics.jsonl").read_text().splitlines()]
+
+
+def sha(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_loss_decreases_on_tiny_overfit_set(assets, tmp_path):
+    model, _ = assets
+    data = write_tiny_dataset(tmp_path / "data", n_t2i=2, n_edit=0)
+    cfg = cfg_for(assets, tmp_path / "run", data=[str(data)], max_steps=60, save_every=0, lr=3e-3,
+                  prompt_dropout_prob=0.0, feature_cache_dir=str(tmp_path / "fcache"),
+                  latent_cache_dir=str(tmp_path / "lcache"))
+    final = train_dit(cfg)
+    losses = [m["train/loss"] for m in metrics(cfg.output_dir)]
+    assert len(losses) == 60
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < 0.7 * first, (first, last)
+    verify_manifest(final)
+    loaded = ThinkGenTransformer2DModel.from_pretrained(final / "transformer")      # strict load of the export
+    assert loaded.config.text_feat_dim == 32
+    for comp in ("mllm", "processor", "vae", "scheduler", "model_index.json"):
+        assert (final / comp).exists()
+
+
+def test_stage1_trains_only_connector_and_prepad(assets, tmp_path):
+    model, _ = assets
+    cfg = stage1(model_dir=str(model), data=[str(assets[1])], output_dir=str(tmp_path / "run"), batch_size=2,
+                 max_steps=3, warmup_steps=0, lr=1e-2, save_every=0, shuffle_buffer=2)
+    final = train_dit(cfg)
+    before, after = weights(model / "transformer"), weights(final / "transformer")
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    connector = {k for k in before if k.startswith("time_caption_embed.caption_embedder.") or k == "prepad_embed"}
+    assert changed == connector and len(connector) >= 3
+
+
+def run_with_fault(cfg, fault: str):
+    os.environ["THINKGEN_FAULT"] = fault
+    try:
+        with pytest.raises(FaultInjected):
+            train_dit(cfg)
+    finally:
+        del os.environ["THINKGEN_FAULT"]
+
+
+def test_resume_is_bit_identical(assets, tmp_path):
+    straight = train_dit(cfg_for(assets, tmp_path / "a"))
+    cfg = cfg_for(assets, tmp_path / "b")
+    run_with_fault(cfg, "step:5")                      # killed after step 5; step-3 is the newest checkpoint
+    assert (tmp_path / "b" / "checkpoints" / "step-00000003").is_dir()
+    resumed = train_dit(cfg)
+    assert sha(straight / "transformer" / W) == sha(resumed / "transformer" / W)
+    a, b = (torch.load(p / "checkpoints" / "step-00000006" / "trainer_state" / "optimizer.pt", weights_only=True)
+            for p in (tmp_path / "a", tmp_path / "b"))
+    for k in a["state"]:
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(a["state"][k][name], b["state"][k][name])
+    ma, mb = metrics(tmp_path / "a"), metrics(tmp_path / "b")
+    assert [m["step"] for m in mb] == list(range(1, 7))          # no duplicated step lines after resume
+    assert [m["train/loss"] for m in ma] == [m["train/loss"] for m in mb]
+
+
+def test_resume_after_kill_inside_checkpoint_write_lora_ema_cache(assets, tmp_path):
+    kw = dict(lora=True, lora_rank=4, lora_alpha=8.0, ema_decay=0.9, save_every=2, max_steps=6,
+              feature_cache_dir=str(tmp_path / "fc"))
+    straight = train_dit(cfg_for(assets, tmp_path / "a", **kw))
+    cfg = cfg_for(assets, tmp_path / "b", **kw)
+    run_with_fault(cfg, "ckpt_write:4:2")               # torn step-4 (tmp debris), step-2 complete
+    ck = tmp_path / "b" / "checkpoints"
+    assert not (ck / "step-00000004").exists() and any(".tmp-" in p.name for p in ck.iterdir())
+    resumed = train_dit(cfg)
+    assert not any(".tmp-" in p.name for p in ck.iterdir())
+    for sub in ("transformer", "transformer_ema"):
+        assert sha(straight / sub / W) == sha(resumed / sub / W)
+    assert sha(straight / "transformer_lora" / "adapter.safetensors") == sha(resumed / "transformer_lora" / "adapter.safetensors")
+    # LoRA export: merged weights load strictly; only the adapted projections differ from the base
+    base, merged = weights(assets[0] / "transformer"), weights(straight / "transformer")
+    assert merged.keys() == base.keys()
+    changed = {k for k in base if not torch.equal(base[k], merged[k])}
+    assert changed and all(k.rsplit(".", 2)[-2] in ("to_q", "to_k", "to_v", "0") for k in changed), changed
+    ThinkGenTransformer2DModel.from_pretrained(straight / "transformer_ema")
+
+
+def test_feature_cache_gives_identical_training(assets, tmp_path):
+    plain = train_dit(cfg_for(assets, tmp_path / "a", max_steps=3, save_every=0))
+    fc = str(tmp_path / "fc")
+    cold = train_dit(cfg_for(assets, tmp_path / "b", max_steps=3, save_every=0, feature_cache_dir=fc))
+    warm = train_dit(cfg_for(assets, tmp_path / "c", max_steps=3, save_every=0, feature_cache_dir=fc))
+    assert len(list(Path(fc).rglob("*.safetensors"))) > 0
+    assert sha(plain / "transformer" / W) == sha(cold / "transformer" / W) == sha(warm / "transformer" / W)
+
+
+def test_resume_refuses_a_changed_config(assets, tmp_path):
+    train_dit(cfg_for(assets, tmp_path / "a", max_steps=3))
+    with pytest.raises(ConfigError, match=r"lr: 0.001 -> 0.002"):
+        train_dit(cfg_for(assets, tmp_path / "a", max_steps=3, lr=2e-3))
+    out = train_dit(cfg_for(assets, tmp_path / "a", max_steps=3, lr=2e-3, allow_config_change=["lr"]))
+    assert verify_manifest(out)["meta"]["step"] == 3
+    assert train_dit(cfg_for(assets, tmp_path / "a", max_steps=3, lr=2e-3, resume="never", log_every=1)).is_dir()
+
+
+def test_sample_grid_is_logged(assets, tmp_path):
+    cfg = cfg_for(assets, tmp_path / "run", max_steps=2, save_every=0, sample_every=2, sample_steps=2,
+                  sample_prompts=["a red square", "a blue circle"])
+    train_dit(cfg)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "run" / "logs"), size_guidance={"images": 0})
+    acc.Reload()
+    assert "samples" in acc.Tags()["images"]
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/samples_per_s"} <= set(acc.Tags()["scalars"])
+
+
+def test_cli_main_train(assets, tmp_path, capsys):
+    from thinkgen.train.cli import main_train
+
+    model, data = assets
+    y = tmp_path / "cfg.yaml"
+    y.write_text(f"stage: stage1\nmodel_dir: {model}\ndata: [{data}]\noutput_dir: {tmp_path / 'run'}\n"
+                 "batch_size: 2\nwarmup_steps: 0\n")
+    assert main_train(["dit", "--config", str(y), "--max_steps=1", "--print-config"]) == 0
+    assert "stage: stage1" in capsys.readouterr().out
+    assert main_train(["dit", "--config", str(y), "--max_steps=1", "--save_every=0"]) == 0
+    assert (tmp_path / "run" / "final" / "transformer" / W).is_file()
+    with pytest.raises(ConfigError, match="unknown config key 'stepz'"):
+        main_train(["dit", "--config", str(y), "--stepz=1"])
+
+
+def _torchrun(args: list[str], timeout: int) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env.pop("THINKGEN_FAULT", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "thinkgen.train.cli", *args]
+    return subprocess.run(cmd, env=env, cwd=str(REPO), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp2", marks=pytest.mark.slow)])
+def test_torchrun_two_processes_gloo(assets, tmp_path, strategy):
+    """2 processes on gloo finish and export; one retry for a flaky CPU launch (ecosystem.md §9.17)."""
+    model, data = assets
+    out = tmp_path / "run"
+    args = ["dit", f"--model_dir={model}", f"--data=[{data}]", f"--output_dir={out}", "--batch_size=1",
+            "--max_steps=3", "--save_every=2", "--warmup_steps=0", "--device=cpu", f"--parallel={strategy}",
+            "--shuffle_buffer=2", "--log_every=1"]
+    for attempt in range(2):
+        try:
+            proc = _torchrun(args, timeout=240)
+        except subprocess.TimeoutExpired as e:
+            proc = None
+            err = f"timeout: {e}"
+        if proc is not None and proc.returncode == 0:
+            break
+        err = err if proc is None else proc.stderr[-3000:]
+        shutil.rmtree(out, ignore_errors=True)
+    else:
+        pytest.fail(f"torchrun failed twice:\n{err}")
+    final = out / "final"
+    verify_manifest(final)
+    ThinkGenTransformer2DModel.from_pretrained(final / "transformer")
+    ranks = sorted(p.name for p in (out / "checkpoints" / "step-00000002" / "trainer_state").glob("rank*.pt"))
+    assert ranks == ["rank0.pt", "rank1.pt"]
+    assert [m["step"] for m in metrics(out)] == [1, 2, 3]
