@@ -358,16 +358,25 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def link_or_copy_tree(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Recreate ``src`` under ``dst`` with hard links where possible (else copies)."""
+def link_or_copy_tree(src: str | os.PathLike, dst: str | os.PathLike, hardlink: bool = True) -> None:
+    """Recreate ``src`` under ``dst`` with hard links where possible (else copies).
+
+    ``hardlink=False`` always copies. Hard links share the inode: a later in-place write into the copy
+    (e.g. ``save_pretrained`` into the same folder) would also change the source, so exports meant to be
+    edited should copy.
+    """
     src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
     for p in src.rglob("*"):
         q = dst / p.relative_to(src)
         if p.is_dir():
             q.mkdir(parents=True, exist_ok=True)
         elif p.is_file():
             q.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(p, q)
-            except OSError:
-                shutil.copy2(p, q)
+            if hardlink:
+                try:
+                    os.link(p, q)
+                    continue
+                except OSError:
+                    pass
+            shutil.copy2(p, q)

@@ -49,9 +49,9 @@ def _add_gen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's; 50 for the release)")
     p.add_argument("--height", type=int, default=None, help="output height in pixels (default: the model's native size)")
     p.add_argument("--width", type=int, default=None, help="output width in pixels")
-    p.add_argument("--text-guidance", type=float, default=4.0, help="text CFG scale (1 = off)")
-    p.add_argument("--image-guidance", type=float, default=2.0, help="reference-image CFG scale (editing)")
-    p.add_argument("--cfg-range", type=float, nargs=2, default=(0.0, 1.0), metavar=("START", "END"),
+    p.add_argument("--text-guidance", type=float, default=None, help="text CFG scale (1 = off; default: the model's, 4.0 for the release)")
+    p.add_argument("--image-guidance", type=float, default=None, help="reference-image CFG scale for editing (default 2.0)")
+    p.add_argument("--cfg-range", type=float, nargs=2, default=None, metavar=("START", "END"),
                    help="apply CFG only on steps whose fraction i/N lies in [START, END]")
     p.add_argument("--negative-prompt", default=None, help="negative prompt (default: the reference one)")
     p.add_argument("--num-images", type=int, default=1, help="images per prompt")
@@ -77,17 +77,6 @@ def _load(args):
     return ThinkGenPipeline.from_pretrained(args.model, dtype=dtype, device=device)
 
 
-def _model_defaults(pipe) -> dict:
-    """Per-checkpoint defaults stored in model_index.json under "thinkgen_defaults" (nano sets its own)."""
-    from .pipeline import default_model_path
-
-    path = Path(pipe.name) if pipe.name else default_model_path()
-    try:
-        return json.loads((path / "model_index.json").read_text()).get("thinkgen_defaults", {})
-    except Exception:
-        return {}
-
-
 def _run_generation(args, prompts: list[str], images) -> int:
     from .images import save_png_atomic
     from .pipeline import _as_prompts
@@ -96,26 +85,21 @@ def _run_generation(args, prompts: list[str], images) -> int:
     t0 = time.perf_counter()
     pipe = _load(args)
     load_s = time.perf_counter() - t0
-    d = _model_defaults(pipe)
-    steps = args.steps if args.steps is not None else d.get("num_inference_steps", 50)
     kwargs = dict(
         think=args.think,
-        height=args.height if args.height is not None else d.get("height"),
-        width=args.width if args.width is not None else d.get("width"),
-        num_inference_steps=steps,
+        height=args.height,
+        width=args.width,
+        num_inference_steps=args.steps,
         text_guidance_scale=args.text_guidance,
         image_guidance_scale=args.image_guidance,
-        cfg_range=tuple(args.cfg_range),
+        cfg_range=tuple(args.cfg_range) if args.cfg_range is not None else None,
         negative_prompt=args.negative_prompt,
         num_images_per_prompt=args.num_images,
         seed=args.seed,
-        max_think_tokens=args.max_think_tokens if args.max_think_tokens is not None else d.get("max_think_tokens", 4096),
-        max_answer_tokens=args.max_answer_tokens if args.max_answer_tokens is not None else d.get("max_answer_tokens", 256),
+        max_think_tokens=args.max_think_tokens,
+        max_answer_tokens=args.max_answer_tokens,
         progress=not args.quiet,
     )
-    for key in ("think_do_sample", "think_temperature", "think_top_p"):
-        if key in d:
-            kwargs[key] = d[key]
     out = pipe(prompts if len(prompts) > 1 else prompts[0], images=images, **kwargs)
     args.out.mkdir(parents=True, exist_ok=True)
     n_per = args.num_images
@@ -125,6 +109,7 @@ def _run_generation(args, prompts: list[str], images) -> int:
         stem = args.name or _slug(prompts[b])
         if len(out.images) > 1:
             stem = f"{stem}-{b}-{j}" if args.name else f"{stem}-{j}" if len(prompts) == 1 else f"{b:03d}-{stem}-{j}"
+        settings = dict(out.settings)
         meta = {
             "prompt": prompts[b],
             "input_images": [str(p) for p in (images or [])] if isinstance(images, list) else [],
@@ -132,7 +117,7 @@ def _run_generation(args, prompts: list[str], images) -> int:
             "instruction": out.instructions[b],
             "think_finished": out.finished[b],
             "seed": out.seeds[k],
-            "settings": {k2: (list(v) if isinstance(v, tuple) else v) for k2, v in kwargs.items() if k2 != "progress"},
+            "settings": {k2: (list(v) if isinstance(v, tuple) else v) for k2, v in settings.items()},
             "model": pipe.name,
             "timings_s": {"load": round(load_s, 3), **{k2: round(v, 3) for k2, v in out.timings.items()}},
             "size": list(img.size),

@@ -538,6 +538,42 @@ class ThinkGenMLLM:
         return InstructionFeatures(features, fmask, [""] * n, answers, [True] * n)
 
     @torch.no_grad()
+    def encode_answers(self, prompts: list[str], thoughts: list[str], answers: list[str],
+                       num_images: list[int] | None = None) -> InstructionFeatures:
+        """Teacher-forced think-mode features: the features the DiT would see if the MLLM had written
+        ``<think>\n{thought}\n</think>\n\n{answer}`` for ``prompt`` (the SFT / think() output format).
+
+        Used to train the DiT on the think-mode feature distribution (the no-think pseudo-CoT template gives
+        features of the same words in another context). Like `encode_instructions` this is the tokenizer-only
+        path: image placeholders are single tokens and no pixels are given (in think() the MLLM sees pixels),
+        a documented approximation for edit samples. The trailing <|im_end|> is not included, as in think().
+        """
+        prompts = self._check_texts(prompts)
+        n = len(prompts)
+        if not (len(thoughts) == len(answers) == n):
+            raise InvalidInputError(f"got {n} prompts, {len(thoughts)} thoughts and {len(answers)} answers")
+        num_images = [0] * n if num_images is None else list(num_images)
+        heads = [build_prompt(self.tokenizer, p, k, "think") for p, k in zip(prompts, num_images)]
+        texts = [h + f"{t}\n{THINK_END}\n\n{a}" for h, t, a in zip(heads, thoughts, answers)]
+        head_lens = [len(self.tokenizer.encode(h, add_special_tokens=False)) for h in heads]
+        batch = self.processor(texts, None, padding_side="right")
+        feats = self.forward_features(batch)
+        mask = batch["attention_mask"].bool()
+        starts, ends = [], []
+        for b in range(n):
+            last = int(mask[b].sum())
+            cut = find_answer_start(batch["input_ids"][b, :last], self.ids[THINK_END], start=head_lens[b])
+            if cut is None:
+                raise InvalidInputError(f"thought {b} could not be closed; does it contain {THINK_END}?")
+            starts.append(cut)
+            ends.append(last)
+        features, fmask = _gather_spans(feats, starts, ends)
+        decoded = [self.tokenizer.decode(batch["input_ids"][b, s:e], skip_special_tokens=True)
+                   for b, (s, e) in enumerate(zip(starts, ends))]
+        return InstructionFeatures(features, fmask, [f"{t}\n{THINK_END}\n\n{a}" for t, a in zip(thoughts, answers)],
+                                   decoded, [True] * n)
+
+    @torch.no_grad()
     def think(self, instructions: list[str], images: list[list[Image.Image]] | None = None, mode: str = "think", *,
               max_think_tokens: int = 1024, max_answer_tokens: int = 256, do_sample: bool = True,
               temperature: float = 1.0, top_p: float = 0.95, top_k: int = 20,

@@ -34,6 +34,13 @@ THINK_MODES = ("off", "on", "auto")
 COMPONENTS = ("mllm", "processor", "transformer", "vae", "scheduler")
 MAX_STEPS = 1000
 MAX_SIDE = 4096
+# Reference defaults of ThinkGen_Chat; a checkpoint may override them in model_index.json "thinkgen_defaults".
+REFERENCE_DEFAULTS: dict[str, Any] = dict(
+    height=1024, width=1024, num_inference_steps=50, text_guidance_scale=4.0, image_guidance_scale=2.0,
+    cfg_range=(0.0, 1.0), negative_prompt=None, max_think_tokens=4096, max_answer_tokens=256,
+    think_temperature=None, think_top_p=None, think_do_sample=None,
+)
+CALL_DEFAULT_KEYS = tuple(REFERENCE_DEFAULTS)
 
 
 def default_model_path() -> Path:
@@ -49,6 +56,7 @@ class ThinkGenOutput:
     finished: list[bool]                 # False when think hit a budget (see ThinkGenMLLM.think)
     seeds: list[int]                     # the noise seed of every image
     timings: dict[str, float] = field(default_factory=dict)   # seconds per stage
+    settings: dict[str, Any] = field(default_factory=dict)    # every resolved generation setting
 
 
 def _normalise_think(think) -> str:
@@ -132,12 +140,19 @@ def resize_reference(img: Image.Image, max_pixels: int, max_side: int, multiple:
 class ThinkGenPipeline:
     """Think-then-draw generation, editing and image understanding."""
 
-    def __init__(self, mllm, transformer, vae, scheduler: ThinkGenScheduler | None = None, *, name: str = ""):
+    def __init__(self, mllm, transformer, vae, scheduler: ThinkGenScheduler | None = None, *, name: str = "",
+                 defaults: dict | None = None):
         self.mllm = mllm                  # thinkgen.mllm.ThinkGenMLLM
         self.transformer = transformer    # thinkgen.models.dit.ThinkGenTransformer2DModel
         self.vae = vae                    # diffusers.AutoencoderKL
         self.scheduler = scheduler or ThinkGenScheduler()
         self.name = name
+        # per-checkpoint call defaults (model_index.json "thinkgen_defaults"), e.g. the nano model's 64x64
+        self.defaults: dict[str, Any] = dict(defaults or {})
+        unknown = set(self.defaults) - set(CALL_DEFAULT_KEYS)
+        if unknown:
+            raise CheckpointError(f"model_index.json thinkgen_defaults has unknown keys {sorted(unknown)}; "
+                                  f"allowed: {', '.join(CALL_DEFAULT_KEYS)}")
         feat = self.transformer.config.text_feat_dim * 2
         if getattr(mllm, "feature_dim", feat) != feat:
             raise CheckpointError(
@@ -184,7 +199,8 @@ class ThinkGenPipeline:
         vae_dtype = torch.float32 if torch.device(device).type == "cpu" else dtype
         vae = load_vae_strict(root / "vae", dtype=vae_dtype).to(device)
         scheduler = ThinkGenScheduler.from_pretrained(root / "scheduler")
-        return cls(mllm, transformer, vae, scheduler, name=str(path_or_hub_id))
+        defaults = json.loads(index.read_text()).get("thinkgen_defaults", {})
+        return cls(mllm, transformer, vae, scheduler, name=str(root), defaults=defaults)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write the released layout; written into a temporary folder and renamed into place."""
@@ -210,6 +226,8 @@ class ThinkGenPipeline:
                 "vae": ["diffusers", "AutoencoderKL"],
                 "scheduler": ["thinkgen", "ThinkGenScheduler"],
             }
+            if self.defaults:
+                index["thinkgen_defaults"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.defaults.items()}
             (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
             if path.exists():
                 old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -278,16 +296,16 @@ class ThinkGenPipeline:
         think: bool | str = "off",
         height: int | None = None,
         width: int | None = None,
-        num_inference_steps: int = 50,
-        text_guidance_scale: float = 4.0,
-        image_guidance_scale: float = 2.0,
-        cfg_range: tuple[float, float] = (0.0, 1.0),
+        num_inference_steps: int | None = None,
+        text_guidance_scale: float | None = None,
+        image_guidance_scale: float | None = None,
+        cfg_range: tuple[float, float] | None = None,
         negative_prompt: str | Sequence[str] | None = None,
         num_images_per_prompt: int = 1,
         seed: int | Sequence[int] | None = None,
         generator: torch.Generator | None = None,
-        max_think_tokens: int = 4096,
-        max_answer_tokens: int = 256,
+        max_think_tokens: int | None = None,
+        max_answer_tokens: int | None = None,
         think_temperature: float | None = None,
         think_top_p: float | None = None,
         think_do_sample: bool | None = None,
@@ -302,9 +320,27 @@ class ThinkGenPipeline:
         ``images``: for one prompt a list of up to 5 images (paths, bytes or PIL); for several prompts
         one list per prompt. ``seed`` (int, or one per prompt) seeds the latent noise of each image
         (image j of a prompt uses seed + j) and the think sampling, so a prompt's result does not depend
-        on the rest of the batch. Returns :class:`ThinkGenOutput`.
+        on the rest of the batch. Arguments left as None take the checkpoint's ``thinkgen_defaults``, else the
+        reference defaults (1024x1024, 50 steps, text guidance 4.0, image guidance 2.0, its negative prompt).
+        Returns :class:`ThinkGenOutput`.
         """
         from .mllm import DEFAULT_NEGATIVE_PROMPT
+
+        def pick(name, value):
+            if value is not None:
+                return value
+            return self.defaults.get(name, REFERENCE_DEFAULTS[name])
+
+        num_inference_steps = pick("num_inference_steps", num_inference_steps)
+        text_guidance_scale = pick("text_guidance_scale", text_guidance_scale)
+        image_guidance_scale = pick("image_guidance_scale", image_guidance_scale)
+        cfg_range = pick("cfg_range", cfg_range)
+        negative_prompt = pick("negative_prompt", negative_prompt)
+        max_think_tokens = pick("max_think_tokens", max_think_tokens)
+        max_answer_tokens = pick("max_answer_tokens", max_answer_tokens)
+        think_temperature = pick("think_temperature", think_temperature)
+        think_top_p = pick("think_top_p", think_top_p)
+        think_do_sample = pick("think_do_sample", think_do_sample)
 
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -314,9 +350,8 @@ class ThinkGenPipeline:
         mode = _normalise_think(think)
         steps = _check_int("num_inference_steps", num_inference_steps, 1, MAX_STEPS)
         n_per = _check_int("num_images_per_prompt", num_images_per_prompt, 1, 16)
-        default_side = int(getattr(self.transformer.config, "sample_size", 0) or 0) or 1024
-        height = default_side if height is None else height
-        width = default_side if width is None else width
+        height = pick("height", height)
+        width = pick("width", width)
         m = self.size_multiple
         height = _check_int("height", height, m, MAX_SIDE)
         width = _check_int("width", width, m, MAX_SIDE)
@@ -350,6 +385,14 @@ class ThinkGenPipeline:
         refs_pil = [[load_image(x) for x in lst] for lst in raw_images]
         num_images = [len(lst) for lst in refs_pil]
         timings["validate"] = time.perf_counter() - t0
+        settings = dict(
+            think=mode, height=height, width=width, num_inference_steps=steps, text_guidance_scale=text_scale,
+            image_guidance_scale=image_scale, cfg_range=list(guidance.cfg_range),
+            negative_prompt=negative_prompt if isinstance(negative_prompt, str) or negative_prompt is None else list(negative_prompt),
+            num_images_per_prompt=n_per, max_think_tokens=max_think_tokens, max_answer_tokens=max_answer_tokens,
+            think_temperature=think_temperature, think_top_p=think_top_p, think_do_sample=think_do_sample,
+            max_pixels=max_pixels, align_res=align_res,
+        )
 
         # -- 2. think / encode the instruction
         t1 = time.perf_counter()
@@ -423,6 +466,7 @@ class ThinkGenPipeline:
             finished=list(enc.finished),
             seeds=image_seeds,
             timings=timings,
+            settings=settings,
         )
         if output_type == "latent":
             out.latents = latents  # type: ignore[attr-defined]

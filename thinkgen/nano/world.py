@@ -28,8 +28,8 @@ import io
 import math
 import random
 import re
-from dataclasses import dataclass, field, replace
-from typing import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Iterable
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -443,12 +443,14 @@ def _canonical_slots(spec: SceneSpec) -> list[list[tuple[int, int]]]:
     return [[(ra, c) for c in _LINE[a]], [(rb, c) for c in _LINE[b]]]
 
 
-def _free_slots(has_text: bool) -> list[tuple[int, int]]:
+def free_slots(has_text: bool) -> list[tuple[int, int]]:
+    """Slots objects may use, in reading order (rows 0-1 only when the scene has a sign)."""
     rows = 2 if has_text else 3
     return [(r, c) for r in range(rows) for c in range(3)]
 
 
-def _place(kind, colour, size, slot, jitter=(0, 0)) -> Obj:
+def place(kind: str, colour: str, size: str, slot: tuple[int, int], jitter: tuple[int, int] = (0, 0)) -> Obj:
+    """An object centred on a slot (plus an integer jitter)."""
     cx, cy = slot_centre(slot)
     return Obj(kind, colour, size, float(cx + jitter[0]), float(cy + jitter[1]))
 
@@ -491,24 +493,24 @@ def layout(spec: SceneSpec, rng: random.Random | None = None, jitter: int = 0) -
     colour/size for unspecified attributes, and integer jitter up to ``min(jitter, max_jitter(size))`` px."""
     has_text = spec.text is not None
     total = sum(g.count for g in spec.groups)
-    if total > len(_free_slots(has_text)):
+    if total > len(free_slots(has_text)):
         raise InvalidInputError(f"'{rendered_caption(spec)}' has {total} objects; at most "
-                                f"{len(_free_slots(has_text))} fit" + (" with a sign" if has_text else ""))
+                                f"{len(free_slots(has_text))} fit" + (" with a sign" if has_text else ""))
     if rng is None:
         objs = []
         for g, slots in zip(spec.groups, _canonical_slots(spec)):
             for sl in slots:
-                objs.append(_place(g.kind, g.colour or DEFAULT_COLOUR[g.kind], g.size or DEFAULT_SIZE, sl))
+                objs.append(place(g.kind, g.colour or DEFAULT_COLOUR[g.kind], g.size or DEFAULT_SIZE, sl))
         return Scene(tuple(objs), spec.text)
     attrs = [[(g.colour or rng.choice(COLOUR_NAMES), g.size or rng.choice(SIZE_NAMES)) for _ in range(g.count)]
              for g in spec.groups]
-    free = _free_slots(has_text)
+    free = free_slots(has_text)
     for _ in range(300):
         slots = rng.sample(free, total)
         flat, sizes, i = [], [], 0
         for g, at in zip(spec.groups, attrs):
             for colour, size in at:
-                flat.append(_place(g.kind, colour, size, slots[i]))
+                flat.append(place(g.kind, colour, size, slots[i]))
                 i += 1
             sizes.append(len(at))
         flat = _jittered(flat, rng, jitter)
@@ -531,7 +533,7 @@ def random_scene(rng: random.Random, n_objects: int | None = None, text_prob: fl
     text = None
     if rng.random() < text_prob:
         text = "".join(rng.choice(LETTERS) for _ in range(rng.randint(1, MAX_TEXT)))
-    free = _free_slots(text is not None)
+    free = free_slots(text is not None)
     n = n_objects if n_objects is not None else rng.randint(1, min(6, len(free)))
     n = min(n, len(free))
     slots = rng.sample(free, n)
@@ -542,7 +544,7 @@ def random_scene(rng: random.Random, n_objects: int | None = None, text_prob: fl
             if not unique or (kind, colour) not in used:
                 break
         used.add((kind, colour))
-        objs.append(_place(kind, colour, rng.choice(SIZE_NAMES), sl))
+        objs.append(place(kind, colour, rng.choice(SIZE_NAMES), sl))
     return Scene(tuple(_jittered(objs, rng, jitter)), text)
 
 
@@ -654,6 +656,6 @@ __all__ = [
     "CANVAS", "KINDS", "COLOURS", "COLOUR_NAMES", "SIZES", "SIZE_NAMES", "DEFAULT_COLOUR", "DEFAULT_SIZE", "RELATIONS",
     "MAX_COUNT", "MAX_TEXT", "SLOT_CENTRES", "SLOT_NAMES", "SLOT_BY_NAME", "SIGN_BOX", "LETTERS", "FONT", "COUNT_WORDS",
     "Obj", "Scene", "GroupSpec", "SceneSpec", "rendered_caption", "relative_position", "layout", "random_scene",
-    "render", "degrade", "words", "join_words", "normalise_text", "slot_name", "slot_centre", "glyph", "shape_inside",
+    "render", "degrade", "free_slots", "place", "words", "join_words", "normalise_text", "slot_name", "slot_centre", "glyph", "shape_inside",
     "count_word", "plural",
 ]

@@ -25,7 +25,7 @@ Every config field can be overridden as --field=value (YAML syntax: --lr=1e-4, -
 def parse_args(argv: list[str]) -> tuple[str, str | None, list[str], bool]:
     argv = list(argv)
     if not argv or argv[0] in ("-h", "--help"):
-        raise SystemExit(USAGE)
+        return "help", None, [], False
     kind = argv.pop(0)
     if kind not in ("dit", "mllm"):
         raise ConfigError(f"unknown trainer {kind!r}; use `thinkgen train dit` or `thinkgen train mllm`")
@@ -34,7 +34,7 @@ def parse_args(argv: list[str]) -> tuple[str, str | None, list[str], bool]:
     while i < len(argv):
         a = argv[i]
         if a in ("-h", "--help"):
-            raise SystemExit(USAGE)
+            return "help", None, [], False
         if a == "--print-config":
             print_only = True
         elif a == "--config":
@@ -56,6 +56,9 @@ def main_train(argv: list[str] | None = None) -> int:
     from .config import config_to_yaml, load_config
 
     kind, path, overrides, print_only = parse_args(sys.argv[1:] if argv is None else argv)
+    if kind == "help":
+        print(USAGE, end="")
+        return 0
     cfg = load_config(kind, path, overrides)
     if print_only:
         print(config_to_yaml(cfg), end="")

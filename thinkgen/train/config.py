@@ -209,7 +209,7 @@ class DiTTrainConfig(TrainConfigBase):
     sample_steps: int = 20                  # Euler steps of the sample grid
     sample_guidance: float = 4.0            # text guidance of the sample grid
     sample_prompts: list[str] = field(default_factory=list)  # prompts of the grid ([] = the first batch's)
-    export_full_model: bool = True          # final/ also links mllm/, processor/, vae/, scheduler/ from model_dir
+    export_full_model: bool = True          # final/ also gets copies of mllm/, processor/, vae/, scheduler/ from model_dir
 
     def __post_init__(self):
         super().__post_init__()

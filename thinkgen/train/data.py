@@ -48,6 +48,14 @@ class DataError(ConfigError):
 
 
 # --------------------------------------------------------------------------- validation
+# How the DiT's instruction features are computed for a record (DiT training only):
+#   "pseudo_cot": the no-think template <think>\n</think>{instruction} (paper stages 1-3; the default);
+#   "think": teacher-forced think format: user turn = "prompt" (default: the instruction), assistant turn
+#            <think>\n{think}\n</think>\n\n{instruction} -- the feature distribution the DiT sees at inference with
+#            think on (ThinkGenMLLM.encode_answers). A dropped prompt always falls back to pseudo_cot with "".
+CONDITIONS = ("pseudo_cot", "think")
+
+
 def _resolve(base: Path, p: str) -> Path:
     q = Path(os.path.expanduser(p))
     return q if q.is_absolute() else base / q
@@ -82,9 +90,12 @@ def check_record(obj: Any, purpose: str = "dit") -> list[str]:
             problems.append(f"field 'output_image': required for DiT training, got {out!r}")
     elif out is not None and not isinstance(out, str):
         problems.append(f"field 'output_image': expected a path, got {out!r}")
-    for key in ("think", "answer"):
+    for key in ("think", "answer", "prompt"):
         if key in obj and obj[key] is not None and not isinstance(obj[key], str):
             problems.append(f"field '{key}': expected a string, got {type(obj[key]).__name__}")
+    cond = obj.get("condition", "pseudo_cot")
+    if cond not in CONDITIONS:
+        problems.append(f"field 'condition': expected one of {', '.join(CONDITIONS)}, got {cond!r}")
     if purpose == "mllm" and tt == "understanding" and not isinstance(obj.get("answer"), str):
         problems.append("field 'answer': required for understanding samples in MLLM SFT")
     return problems
@@ -154,6 +165,8 @@ def normalise_record(obj: dict, path: Path, line_no: int, purpose: str = "dit") 
         "output_image": str(_resolve(base, obj["output_image"])) if obj.get("output_image") else "",
         "think": obj.get("think") or "",
         "answer": obj.get("answer") if isinstance(obj.get("answer"), str) else None,
+        "condition": obj.get("condition", "pseudo_cot"),
+        "prompt": obj.get("prompt") if isinstance(obj.get("prompt"), str) else None,
         "_file": str(path),
         "_line": line_no,
     }

@@ -20,9 +20,9 @@ Choices and simplifications (paper.md §3 gives no hyper-parameters):
 """
 from __future__ import annotations
 
-import os
+import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -54,22 +54,39 @@ class FrozenEncoders:
         self.generator = generator
 
     # -- text
-    def _features_uncached(self, instructions: list[str], num_images: list[int]) -> list[torch.Tensor]:
-        enc = self.mllm.encode_instructions(instructions, num_images, mode="nothink")
-        out = []
-        for b in range(len(instructions)):
-            f = enc.features[b][enc.mask[b]]                      # (L_b, F) valid tokens
-            out.append(f[: self.max_text_tokens].float().cpu())
-        return out
+    def _features_uncached(self, instructions: list[str], num_images: list[int],
+                           thinks: list[tuple[str, str] | None] | None = None) -> list[torch.Tensor]:
+        """Per-sample valid feature rows. ``thinks[b] = (prompt, think)`` selects the teacher-forced think format
+        (see data.CONDITIONS) for sample b; None = the pseudo-CoT template."""
+        thinks = thinks or [None] * len(instructions)
+        out: list[torch.Tensor | None] = [None] * len(instructions)
+        plain = [b for b, th in enumerate(thinks) if th is None]
+        forced = [b for b, th in enumerate(thinks) if th is not None]
+        if plain:
+            enc = self.mllm.encode_instructions([instructions[b] for b in plain], [num_images[b] for b in plain],
+                                                mode="nothink")
+            for j, b in enumerate(plain):
+                out[b] = enc.features[j][enc.mask[j]]             # (L_b, F) valid tokens
+        if forced:
+            enc = self.mllm.encode_answers([thinks[b][0] for b in forced], [thinks[b][1] for b in forced],
+                                           [instructions[b] for b in forced], [num_images[b] for b in forced])
+            for j, b in enumerate(forced):
+                out[b] = enc.features[j][enc.mask[j]]
+        return [f[: self.max_text_tokens].float().cpu() for f in out]
 
-    def features(self, instructions: list[str], num_images: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, instructions: list[str], num_images: list[int],
+                 thinks: list[tuple[str, str] | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """-> features (B, L, F) float32 right-padded, mask (B, L) bool; on ``self.device``."""
+        thinks = thinks or [None] * len(instructions)
         if self.feature_cache is None:
-            per = self._features_uncached(instructions, num_images)
+            per = self._features_uncached(instructions, num_images, thinks)
         else:
-            keys = [TensorCache.key("nothink", str(n), s) for s, n in zip(instructions, num_images)]
+            keys = [TensorCache.key("nothink", str(n), s) if th is None else
+                    TensorCache.key("think", str(n), th[0], th[1], s)
+                    for s, n, th in zip(instructions, num_images, thinks)]
             per = self.feature_cache.get_or_compute(
-                keys, lambda idx: self._features_uncached([instructions[i] for i in idx], [num_images[i] for i in idx]))
+                keys, lambda idx: self._features_uncached([instructions[i] for i in idx], [num_images[i] for i in idx],
+                                                          [thinks[i] for i in idx]))
         return pad_features(per, self.device)
 
     # -- images
@@ -138,6 +155,8 @@ class SampleLogger:
         cfg = self.cfg
         if not cfg.sample_every or st.step % cfg.sample_every or not self.prompts:
             return
+        if not st.dist.is_main and not parallel.is_fsdp(st.model):
+            return          # FSDP2 forwards are collective: every rank samples; otherwise rank 0 only
         from ..mllm import DEFAULT_NEGATIVE_PROMPT
         from ..models.vae import decode_latents
         from ..sampling import DiTConditions, Guidance, sample
@@ -202,6 +221,7 @@ def train_dit(cfg: DiTTrainConfig, *, sample_prompts: list[str] | None = None) -
                           "use vae_sample=false (posterior mode) or turn the latent cache off")
     dinfo = parallel.init_distributed(cfg.device)
     device = dinfo.device
+    autocast_context(cfg, device)      # refuses bf16 without CUDA before any work
     seed_everything(cfg.seed + dinfo.rank)
     _validate_sources(cfg, "dit")
     out_dir = Path(cfg.output_dir)
@@ -242,13 +262,12 @@ def train_dit(cfg: DiTTrainConfig, *, sample_prompts: list[str] | None = None) -
                               feature_cache=fcache, latent_cache=lcache, generator=vae_gen)
 
     # -- parallel wrap, optimizer, EMA
-    model = parallel.wrap_model(dit, cfg.parallel, device)
+    model = parallel.wrap_model(dit, cfg.parallel, device, keep_in_root=["ref_image_refiner"])
     named = dict(parallel.unwrap(model).named_parameters())
     trainable = [(n, named[n]) for n in trainable_names]
     optimizer, scheduler = make_optimizer([p for _, p in trainable], cfg)
     ema = EMA(trainable, cfg.ema_decay) if cfg.ema_decay > 0 else None
     data = build_dit_data(cfg, dinfo.rank, dinfo.world_size)
-    scaling = cfg.lora_alpha / cfg.lora_rank
 
     def weights_state() -> dict[str, torch.Tensor]:
         return parallel.full_state_dict(model)
@@ -279,10 +298,16 @@ def train_dit(cfg: DiTTrainConfig, *, sample_prompts: list[str] | None = None) -
     def loss_fn(batch: DiTBatch):
         x1, refs = encoders.batch_latents(batch)
         num_images = [len(r) for r in batch.input_images]
-        feats, mask = encoders.features(batch.instructions, num_images)
-        if cfg.sample_every and "logger" not in sampler:
+        thinks = [
+            ((rec.get("prompt") or instr), rec.get("think") or "")
+            if rec.get("condition") == "think" and instr else None
+            for rec, instr in zip(batch.records or [{}] * len(batch), batch.instructions)
+        ]
+        feats, mask = encoders.features(batch.instructions, num_images, thinks)
+        if cfg.sample_every and "logger" not in sampler:   # first batch: every rank gets rank 0's choice
             prompts = list(sample_prompts or cfg.sample_prompts) or [s for s in batch.instructions if s][:4]
-            sampler["logger"] = SampleLogger(cfg, encoders, dit, tuple(x1.shape[-2:]), prompts)
+            prompts, hw = parallel.broadcast_object((prompts, tuple(x1.shape[-2:])))
+            sampler["logger"] = SampleLogger(cfg, encoders, dit, hw, prompts)
         with autocast_context(cfg, device):
             loss = flow_matching_step(model, x1, feats, mask, refs, noise_gen, patch)
         return loss, x1.shape[0]
@@ -303,7 +328,7 @@ def train_dit(cfg: DiTTrainConfig, *, sample_prompts: list[str] | None = None) -
 
 def export_dit(cfg: DiTTrainConfig, st: TrainState, model_dir: Path, dit) -> Path:
     """Write ``<output_dir>/final`` atomically: ``transformer/`` (LoRA merged), ``transformer_ema/``,
-    ``transformer_lora/`` and, with ``export_full_model``, the other components linked from model_dir."""
+    ``transformer_lora/`` and, with ``export_full_model``, copies of the other components of model_dir."""
     state = st.weights_state()
     ema_state = st.ema.state_dict() if st.ema is not None else None
     final = Path(cfg.output_dir) / "final"
@@ -321,23 +346,15 @@ def export_dit(cfg: DiTTrainConfig, st: TrainState, model_dir: Path, dit) -> Pat
                 if cfg.lora:
                     ema_full = merge_lora_state(ema_full, cfg.lora_alpha / cfg.lora_rank)
                 save_transformer_folder(d.path / "transformer_ema", dit, ema_full)
-            if cfg.export_full_model:
+            if cfg.export_full_model:   # copies, not hard links: editing the export must not touch model_dir
                 for comp in ("mllm", "processor", "vae", "scheduler"):
                     if (model_dir / comp).is_dir():
-                        link_or_copy_tree(model_dir / comp, d.path / comp)
+                        link_or_copy_tree(model_dir / comp, d.path / comp, hardlink=False)
                 if (model_dir / "model_index.json").is_file():
-                    link_or_copy_tree_file(model_dir / "model_index.json", d.path / "model_index.json")
+                    shutil.copy2(model_dir / "model_index.json", d.path / "model_index.json")
                 else:
                     write_model_index(d.path)
         print0(f"exported {final}")
     parallel.barrier()
     return final
 
-
-def link_or_copy_tree_file(src: Path, dst: Path) -> None:
-    import shutil
-
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-import os
 import random
 import time
 import warnings
@@ -38,7 +37,7 @@ from ..checkpoint import (atomic_dir, atomic_write_text, config_hash, fault_poin
                           save_state, step_dir_name, verify_manifest)
 from ..errors import CheckpointError, ConfigError
 from . import parallel
-from .parallel import DistInfo, print0
+from .parallel import DistInfo
 
 
 # --------------------------------------------------------------------------- seeding / setup
@@ -153,13 +152,18 @@ class RunLogger:
             return
         log_dir.mkdir(parents=True, exist_ok=True)
         if self.metrics_path.is_file():
-            kept = [l for l in self.metrics_path.read_text().splitlines()
-                    if l.strip() and json.loads(l).get("step", 0) <= resume_step]
+            kept = []
+            for line in self.metrics_path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= resume_step:
+                        kept.append(line)
+                except ValueError:   # a line torn by a kill
+                    continue
             atomic_write_text(self.metrics_path, "".join(l + "\n" for l in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(log_dir), purge_step=resume_step + 1 if resume_step else None)
+            self.writer = SummaryWriter(str(log_dir), purge_step=resume_step + 1)
         except ImportError:  # pragma: no cover - tensorboard is in the train extra
             warnings.warn("tensorboard is not installed; logging to metrics.jsonl only (pip install tensorboard)")
 
@@ -203,19 +207,22 @@ def checkpoints_root(cfg) -> Path:
 
 def find_resume_checkpoint(cfg) -> Path | None:
     """The checkpoint to resume from, decided on rank 0 and broadcast."""
-    path = None
+    path, error = None, None
     if parallel.is_main_process():
-        if cfg.resume == "never":
-            path = None
-        elif cfg.resume == "auto":
-            root = checkpoints_root(cfg)
-            remove_stale_tmp(root)
-            found = latest_complete_checkpoint(root)
-            path = str(found) if found is not None else None
-        else:
-            verify_manifest(cfg.resume)
-            path = str(Path(cfg.resume))
-    path = parallel.broadcast_object(path)
+        try:
+            if cfg.resume == "auto":
+                root = checkpoints_root(cfg)
+                remove_stale_tmp(root)
+                found = latest_complete_checkpoint(root)
+                path = str(found) if found is not None else None
+            elif cfg.resume != "never":
+                verify_manifest(cfg.resume)
+                path = str(Path(cfg.resume))
+        except CheckpointError as e:      # raised on every rank below, so none waits forever
+            error = str(e)
+    path, error = parallel.broadcast_object((path, error))
+    if error:
+        raise CheckpointError(f"cannot resume from resume={cfg.resume!r}: {error}")
     return Path(path) if path else None
 
 
@@ -341,7 +348,7 @@ def train_loop(st: TrainState, loss_fn: Callable[[Any], tuple[torch.Tensor, int]
     bar = tqdm(total=cfg.max_steps, initial=st.step, disable=not st.dist.is_main, desc=f"train {st.kind}",
                dynamic_ncols=True, mininterval=1.0)
     params = [p for _, p in st.trainable]
-    window_loss, window_samples, t0 = 0.0, 0, time.perf_counter()
+    window_loss, window_steps, window_samples, t0 = 0.0, 0, 0, time.perf_counter()
     st.model.train()
     while st.step < cfg.max_steps:
         step_loss = torch.zeros((), dtype=torch.float32)
@@ -366,18 +373,18 @@ def train_loop(st: TrainState, loss_fn: Callable[[Any], tuple[torch.Tensor, int]
         fault_point("step", st.step)
         loss_val = float(parallel.all_reduce_mean(step_loss))
         window_loss += loss_val
+        window_steps += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss_val:.4f}", lr=f"{lr:.2e}")
         if st.step % cfg.log_every == 0 or st.step == cfg.max_steps:
             elapsed = max(time.perf_counter() - t0, 1e-9)
-            steps_in_window = cfg.log_every if st.step % cfg.log_every == 0 else (st.step % cfg.log_every)
             logger.scalars(st.step, {
-                "train/loss": window_loss / max(1, steps_in_window),
+                "train/loss": window_loss / window_steps,      # mean over the steps since the last log line
                 "train/lr": lr,
                 "train/grad_norm": grad_norm,
                 "train/samples_per_s": window_samples * st.dist.world_size / elapsed,
             })
-            window_loss, window_samples, t0 = 0.0, 0, time.perf_counter()
+            window_loss, window_steps, window_samples, t0 = 0.0, 0, 0, time.perf_counter()
         if on_step is not None:
             on_step(st, logger)
         if cfg.save_every and st.step % cfg.save_every == 0 and st.step < cfg.max_steps:

@@ -17,7 +17,6 @@ Checkpoints / resume / logging are the DiT trainer's (thinkgen.train.loop); the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -26,7 +25,7 @@ from ..errors import ConfigError
 from . import parallel
 from .config import MLLMSFTConfig
 from .data import DataError, SFTBatcher, build_mixture, validate_jsonl
-from .loop import (EMA, RunLogger, TrainState, autocast_context, find_resume_checkpoint, make_optimizer,
+from .loop import (RunLogger, TrainState, autocast_context, find_resume_checkpoint, make_optimizer,
                    read_checkpoint_meta, restore_trainer_state, save_checkpoint, seed_everything, train_loop)
 from .models import LORA_FILE, add_lora, check_model_dir, load_lora_file, load_mllm, lora_state, merge_lora_state
 from .parallel import print0
@@ -134,6 +133,7 @@ def train_mllm(cfg: MLLMSFTConfig) -> Path:
     model_dir = check_model_dir(cfg.model_dir, ("mllm", "processor"))
     dinfo = parallel.init_distributed(cfg.device)
     device = dinfo.device
+    autocast_context(cfg, device)      # refuses bf16 without CUDA before any work
     seed_everything(cfg.seed + dinfo.rank)
     problems: list[str] = []
     if dinfo.is_main and cfg.validate_data:
@@ -162,7 +162,7 @@ def train_mllm(cfg: MLLMSFTConfig) -> Path:
     net.config.use_cache = False
     net.to(device).train()
 
-    model = parallel.wrap_model(net, cfg.parallel, device)
+    model = parallel.wrap_model(net, cfg.parallel, device, keep_in_root=["model.visual"])
     named = dict(parallel.unwrap(model).named_parameters())
     trainable = [(n, named[n]) for n in trainable_names]
     optimizer, scheduler = make_optimizer([p for _, p in trainable], cfg)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
@@ -124,24 +124,45 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- wrapping
-def _shard_units(model: nn.Module) -> list[nn.Module]:
-    """Transformer blocks to shard one by one: every element of every ModuleList (DiT: refiners + layers)."""
-    units = []
-    for m in model.modules():
-        if isinstance(m, nn.ModuleList):
-            units.extend(list(m))
-    return units
+def _shard_units(model: nn.Module, keep_in_root: Sequence[str] = ()) -> list[nn.Module]:
+    """Transformer blocks to shard one by one, outermost only.
+
+    The model's ``_no_split_modules`` classes when it declares them (diffusers / transformers:
+    ThinkGenTransformerBlock, Qwen3-VL decoder layers and vision blocks), else the elements of the
+    outermost ``nn.ModuleList`` s. A unit nested inside another unit is never chosen, nor anything under a
+    ``keep_in_root`` prefix (see :func:`wrap_model`).
+    """
+    classes = set(getattr(model, "_no_split_modules", None) or [])
+    chosen: list[tuple[str, nn.Module]] = []
+
+    def skipped(name: str) -> bool:
+        return any(name == c or name.startswith(c + ".") for c, _ in chosen) or any(
+            name == k or name.startswith(k + ".") for k in keep_in_root)
+
+    for name, m in model.named_modules():
+        if not name or skipped(name):
+            continue
+        if classes:
+            if type(m).__name__ in classes:
+                chosen.append((name, m))
+        elif isinstance(m, nn.ModuleList):
+            chosen.extend((f"{name}.{i}", sub) for i, sub in enumerate(m))
+    return [m for _, m in chosen]
 
 
 def wrap_model(model: nn.Module, strategy: str = "none", device: torch.device | None = None,
-               find_unused_parameters: bool = True) -> nn.Module:
+               find_unused_parameters: bool = True, keep_in_root: Sequence[str] = ()) -> nn.Module:
     """Wrap for data parallel training.
 
     * "none": returned as is (also whenever the world size is 1);
     * "ddp": ``DistributedDataParallel`` (gloo on CPU, NCCL on GPU). ``find_unused_parameters`` is on by
       default because a batch without reference images leaves the reference refiner unused;
-    * "fsdp2": ``torch.distributed.fsdp.fully_shard`` on every block (every ``nn.ModuleList`` element),
-      then on the root. Parameters become DTensors; use :func:`full_state_dict` to save.
+    * "fsdp2": ``torch.distributed.fsdp.fully_shard`` on every block, then on the root. Parameters become
+      DTensors; use :func:`full_state_dict` to save. Modules that run only for some batches (the DiT's
+      reference refiner, the MLLM's vision tower) must be listed in ``keep_in_root``: a separately sharded
+      block all-gathers only when it runs, so ranks with different batches would issue different
+      collectives. Kept in the root group they are gathered on every forward, and
+      ``set_reduce_scatter_unused_params`` gives unused parameters zero gradients on every rank.
     """
     if strategy not in ("none", "ddp", "fsdp2"):
         raise ConfigError(f"parallel={strategy!r} is invalid; use none, ddp or fsdp2")
@@ -154,9 +175,11 @@ def wrap_model(model: nn.Module, strategy: str = "none", device: torch.device | 
         return DDP(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
     from torch.distributed.fsdp import fully_shard
 
-    for unit in _shard_units(model):
+    for unit in _shard_units(model, keep_in_root):
         fully_shard(unit)
     fully_shard(model)
+    if hasattr(model, "set_reduce_scatter_unused_params"):
+        model.set_reduce_scatter_unused_params(True)
     return model
 
 
@@ -208,7 +231,16 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, sta
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         set_optimizer_state_dict(unwrap(model), optimizer, state,
-                                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
+                                 # strict=False: a parameter that never had a gradient (e.g. the reference
+                                 # embedding before the first editing batch) has no Adam state, as in the saved run
+                                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False,
+                                                          strict=False))
+        # set_optimizer_state_dict first initialises EVERY parameter's state with a dummy step; drop the state of
+        # parameters the checkpoint had none for, so AdamW starts them fresh (step 0) exactly as the saved run would.
+        saved = set(state.get("state", {}))
+        for name, p in unwrap(model).named_parameters():
+            if name not in saved and p in optimizer.state:
+                del optimizer.state[p]
     else:
         optimizer.load_state_dict(state)
 

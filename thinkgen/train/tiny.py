@@ -1,7 +1,7 @@
 """Tiny random models and data in the released layout, for tests and CPU smoke runs.
 
 ``build_tiny_model_dir(path)`` writes ``transformer/``, ``mllm/``, ``processor/``, ``vae/``,
-``scheduler/`` and ``model_index.json`` (a few hundred KB, built in about a second).
+``scheduler/`` and ``model_index.json`` (thinkgen.testing's tiny checkpoint: a few hundred KB).
 ``write_tiny_dataset(folder)`` draws 32x32 shape images with PIL and writes a JSONL with t2i and
 edit samples (relative image paths) plus think / answer fields for SFT.
 """
@@ -12,52 +12,15 @@ import os
 import random
 from pathlib import Path
 
-import torch
-
-WORDS = ("a an the red green blue yellow square circle triangle cat dog draw make left right of on "
-         "photo image turn into it is change color to what shape this answer").split()
 COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40)}
 SHAPES = ("square", "circle")
 
-TINY_DIT = dict(hidden_size=48, num_layers=2, num_refiner_layers=1, num_attention_heads=4, num_kv_heads=2,
-                multiple_of=16, axes_dim_rope=(4, 4, 4), axes_lens=(256, 64, 64), num_prepad_tokens=3,
-                in_channels=4)
-TINY_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 2,
-                up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
-                norm_num_groups=4, use_quant_conv=False, use_post_quant_conv=False, scaling_factor=0.3611,
-                shift_factor=0.1159)
 
+def build_tiny_model_dir(path: str | os.PathLike, seed: int = 0) -> Path:
+    """Write a tiny random ThinkGen checkpoint folder (released layout; thinkgen.testing) and return its path."""
+    from ..testing import save_tiny_checkpoint
 
-def build_tiny_model_dir(path: str | os.PathLike, seed: int = 0, mllm_hidden: int = 32) -> Path:
-    """Write a tiny random ThinkGen checkpoint folder (released layout) and return its path."""
-    from diffusers import AutoencoderKL
-
-    from ..mllm import SYSTEM_PROMPT, ThinkGenMLLM, build_tiny_mllm
-    from ..models.dit import ThinkGenTransformer2DModel
-    from ..processor import ThinkGenProcessor
-    from ..scheduler import ThinkGenScheduler
-    from ..tokenization import build_tokenizer
-    from .models import write_model_index
-
-    root = Path(path)
-    root.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(WORDS, texts=[SYSTEM_PROMPT])
-    mllm = ThinkGenMLLM(build_tiny_mllm(tok, hidden_size=mllm_hidden, num_layers=2, seed=seed, initializer_range=0.1),
-                        ThinkGenProcessor(tok))
-    mllm.save_pretrained(root / "mllm", root / "processor")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        dit = ThinkGenTransformer2DModel(**TINY_DIT, text_feat_dim=mllm_hidden)
-        with torch.no_grad():   # the real init zeroes the output head; perturb so gradients reach every block
-            for name, p in dit.named_parameters():
-                if p.ndim >= 1 and float(p.abs().sum()) == 0.0:
-                    p.normal_(0.0, 0.02)
-        vae = AutoencoderKL(**TINY_VAE)
-    dit.save_pretrained(str(root / "transformer"))
-    vae.save_pretrained(str(root / "vae"))
-    ThinkGenScheduler().save_config(str(root / "scheduler"))
-    write_model_index(root)
-    return root
+    return save_tiny_checkpoint(Path(path), seed=seed)
 
 
 def _draw(color: str, shape: str, size: int = 32, bg=(245, 245, 245)):

@@ -1,0 +1,440 @@
+"""SepGRPO: configs, prompts, rollouts, on-policy ratios, updates, export, resume after kills.
+
+Everything runs on the tiny random pipeline at 32x32 with 2-3 steps and G = 2-3. Rewards are deterministic toys
+(image brightness, answer length) so the maths-sensitive checks do not depend on a scorer.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from thinkgen.checkpoint import FaultInjected
+from thinkgen.errors import ConfigError
+from thinkgen.rl.config import load_config
+from thinkgen.rl.rewards import REWARDS, register_reward
+from thinkgen.rl.rollout import PromptItem, PromptMixture, derive_seed, load_jsonl_prompts, plan_micro_batches
+
+
+# ----------------------------------------------------------------------------------------------- toy rewards
+class ToyBrightness:
+    """Mean pixel value in [0, 1]."""
+
+    def __call__(self, images, prompts, meta):
+        return torch.tensor([float(np.asarray(im, dtype=np.float32).mean() / 255.0) for im in images])
+
+
+class ToyConstant:
+    """Every sample ties: no group carries a learning signal."""
+
+    def __call__(self, images, prompts, meta):
+        return torch.full((len(images),), 0.5)
+
+
+class ToyAnswerLength:
+    """Characters of the painter's instruction / 10."""
+
+    def __call__(self, images, prompts, meta):
+        return torch.tensor([len(m.get("instruction", "")) / 10.0 for m in meta])
+
+
+for _name, _cls in (("toy_brightness", ToyBrightness), ("toy_answer_length", ToyAnswerLength),
+                    ("toy_constant", ToyConstant)):
+    if _name not in REWARDS:      # this module is also imported by the 2-process run (reward_modules)
+        register_reward(_name)(_cls)
+
+PROMPTS = [
+    {"scenario": "composition", "prompt": "two red circles left of a blue square"},
+    {"scenario": "composition", "prompt": "a green triangle"},
+    {"scenario": "reasoning", "prompt": "as many stars as a square has sides"},
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is ~10x faster than two contended ones."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in PROMPTS))
+    return p
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = {**out[k], **v} if k in ("mllm", "dit") else v
+    return out
+
+
+def tiny_values(ckpt, out, prompts, **over) -> dict:
+    base = dict(
+        model_dir=str(ckpt), output_dir=str(out), train_prompts=str(prompts), device="cpu", progress=False,
+        reward_weights={"toy_brightness": 1.0, "toy_answer_length": 1.0}, eval_before=False, save_every=0,
+        mllm=dict(steps=1, prompts_per_step=2, group_size=2, max_think_tokens=4, max_answer_tokens=3,
+                  render_steps=2, render_resolution=32, micro_batch_size=4, lr=1e-3),
+        dit=dict(steps=1, prompts_per_step=1, group_size=3, num_steps=3, resolution=32, think="off",
+                 micro_batch_size=3, lr=1e-3, timestep_fraction=0.7),
+    )
+    return _merge(base, over)
+
+
+def tiny_cfg(ckpt, out, prompts, **over):
+    return load_config(None, tiny_values(ckpt, out, prompts, **over))
+
+
+def _snapshot(module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------------------------- configs
+BAD = [
+    ({"mllm": {"group_size": 1}}, "GRPO needs >= 2 samples per prompt"),
+    ({"dit": {"group_size": 1}}, "GRPO needs >= 2 images per prompt"),
+    ({"dit": {"noise_level": 0.0}}, "Flow-GRPO needs SDE noise"),
+    ({"schedule": ["mllm", "vae"]}, "schedule"),
+    ({"mllm": {"lora_dropout": 0.1}}, "on-policy ratio"),
+    ({"dit": {"train_timesteps": "window", "window_range": [2, 3], "window_size": 2}}, "window_range"),
+    ({"prompt_source": "nano"}, "source nano needs at least one family"),
+    ({"reward_weights": {}}, "has no reward"),
+    ({"mllm": {"temperature": 0.0}}, "greedy groups would be tied"),
+    ({"mllm": {"features_from": "dit"}}, "features_from"),
+    ({"mllm": {"dual_clip": 0.5}}, "dual_clip"),
+    ({"dit": {"adv_std": "batch"}}, "adv_std"),
+    ({"rounds": 0}, "rounds"),
+    ({"parallel": "deepspeed"}, "parallel"),
+    ({"mllm": {"group_sise": 4}}, "did you mean group_size"),
+    ({"mllm": {"group_size": "four"}}, "expected an integer"),
+    ({"allow_config_change": ["mllm.nope"]}, "not a config field"),
+]
+
+
+@pytest.mark.parametrize("over,reason", BAD, ids=[r for _, r in BAD])
+def test_bad_configs_refused_with_reason(tmp_path, over, reason):
+    with pytest.raises(ConfigError, match=reason):
+        tiny_cfg(tmp_path, tmp_path / "out", tmp_path / "p.jsonl", **over)
+
+
+def test_cli_print_config_overrides_and_exit_codes(tmp_path, capsys, prompts_file):
+    import yaml
+
+    from thinkgen.cli import main as cli_main
+    from thinkgen.rl.sepgrpo import main
+
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(yaml.safe_dump(tiny_values(tmp_path / "ckpt", tmp_path / "out", prompts_file)))
+    assert main(["--config", str(cfg_file), "--print-config", "--mllm.group_size=8", "--rounds=2"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["mllm"]["group_size"] == 8 and printed["rounds"] == 2 and printed["dit"]["group_size"] == 3
+    assert cli_main(["train", "sepgrpo", "--config", str(cfg_file), "--dit.group_size=1"]) == 2
+    assert "GRPO needs >= 2" in capsys.readouterr().err
+    assert cli_main(["train", "sepgrpo", "--config", str(cfg_file), "--foo.bar=1"]) == 2
+    # file-system checks happen before any work
+    assert cli_main(["train", "sepgrpo", "--config", str(cfg_file)]) == 2
+    assert "model_dir" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------- prompts
+def test_mixture_is_stateless_and_weighted(prompts_file):
+    items = load_jsonl_prompts(prompts_file)
+    mix = PromptMixture(items, {"composition": 1.0, "reasoning": 0.0})
+    a = mix.draw(20, (0, "mllm", 0, 3))
+    assert [x.uid for x in a] == [x.uid for x in mix.draw(20, (0, "mllm", 0, 3))]
+    assert {x.scenario for x in a} == {"composition"}
+    assert [x.uid for x in a] != [x.uid for x in mix.draw(20, (0, "mllm", 0, 4))]
+    with pytest.raises(ConfigError, match="without prompts"):
+        PromptMixture(items, {"editing": 1.0})
+    assert derive_seed(1, "a", 2) == derive_seed(1, "a", 2) != derive_seed(1, "a", 3)
+
+
+def test_jsonl_errors_name_the_line(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text(json.dumps(PROMPTS[0]) + "\n" + json.dumps({"scenario": "x", "prompt": ""}) + "\n")
+    with pytest.raises(ConfigError, match=r"bad.jsonl:2.*prompt"):
+        load_jsonl_prompts(p)
+    p.write_text(json.dumps({"scenario": "x", "prompt": "a", "images": ["missing.png"]}) + "\n")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_jsonl_prompts(p)
+
+
+def test_micro_batch_plan_pads_with_dummies():
+    assert plan_micro_batches([0, 2, 3], 2, min_batches=3) == [([0, 2], False), ([3], False), ([0], True)]
+    assert plan_micro_batches([], 2, min_batches=1) == [([0], True)]
+
+
+# ----------------------------------------------------------------------------------------------- MLLM rollouts
+def test_text_rollouts_forced_tokens_and_logps():
+    from PIL import Image
+
+    from thinkgen.mllm import FORCE_CLOSE_TEXT
+    from thinkgen.rl.config import MLLMPhaseConfig
+    from thinkgen.rl.mllm_grpo import collect_text_rollouts, sequence_batch, token_logps
+    from thinkgen.testing import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline(0)
+    mllm = pipe.mllm
+    cfg = MLLMPhaseConfig(group_size=2, max_think_tokens=5, max_answer_tokens=3, temperature=0.7)
+    cfg.validate()
+    items = [PromptItem("composition", "a red circle"),
+             PromptItem("editing", "make it blue", images=[Image.new("RGB", (32, 32), (200, 30, 30))])]
+    roll = collect_text_rollouts(mllm, items, cfg, [[1, 2], [3, 4]])
+    n_close = len(mllm.tokenizer.encode(FORCE_CLOSE_TEXT, add_special_tokens=False))
+    for ids, mask, tl in zip(roll.completion_ids, roll.completion_mask, roll.think_lengths):
+        assert tl == 5            # the random model never closes: the budget forces </think>
+        assert mask == [True] * 5 + [False] * n_close + [True] * (len(ids) - 5 - n_close)
+    assert roll.vision[0] == {} and "pixel_values" in roll.vision[1]
+    # same seeds -> same rollouts (per-sample generators)
+    again = collect_text_rollouts(mllm, items, cfg, [[1, 2], [3, 4]])
+    assert again.completion_ids == roll.completion_ids
+
+    # batched, right-padded log-probs == one unpadded forward per sample (text and image prompts)
+    batch = sequence_batch(roll, [0, 1, 2, 3], mllm.tokenizer.pad_token_id, mllm.processor.image_token_id)
+    with torch.no_grad():
+        lp = token_logps(mllm.model, batch, cfg.temperature, mllm.device)
+        for b in range(4):
+            one = sequence_batch(roll, [b], mllm.tokenizer.pad_token_id, mllm.processor.image_token_id)
+            kw = {"input_ids": one["input_ids"], "attention_mask": one["attention_mask"]}
+            if "pixel_values" in one:
+                kw.update(pixel_values=one["pixel_values"], image_grid_thw=one["image_grid_thw"],
+                          mm_token_type_ids=one["mm_token_type_ids"])
+            logits = mllm.model(**kw).logits[0].float() / cfg.temperature
+            P = len(roll.prompt_ids[b // 2])
+            ids = torch.tensor(roll.completion_ids[b])
+            ref = torch.log_softmax(logits[P - 1:P - 1 + len(ids)], -1).gather(-1, ids[:, None]).squeeze(-1)
+            ref = ref * torch.tensor(roll.completion_mask[b])
+            torch.testing.assert_close(lp[b, : len(ids)], ref, atol=2e-5, rtol=0)
+            assert (lp[b, len(ids):] == 0).all()
+
+
+# ----------------------------------------------------------------------------------------------- updates
+def test_mllm_step_on_policy_and_only_trainable_change(tiny_ckpt, prompts_file, tmp_path):
+    from thinkgen.rl.sepgrpo import build_run, close_run, mllm_step
+
+    cfg = tiny_cfg(tiny_ckpt, tmp_path / "out", prompts_file, schedule=["mllm"],
+                   mllm={"drop_zero_adv": False, "kl_coef": 0.05})
+    run = build_run(cfg)
+    try:
+        model = run.pipe.mllm.model
+        before, dit_before = _snapshot(model), _snapshot(run.pipe.transformer)
+        stats = mllm_step(run, 0, 0)
+        assert stats["mllm/ratio_mean"] == 1.0 and stats["mllm/clip_frac"] == 0.0   # on-policy: exactly 1
+        assert stats["mllm/kl"] == 0.0                                                # policy == reference
+        assert stats["mllm/zero_adv_frac"] < 1.0
+        after = _snapshot(model)
+        trainable = {n for n, _ in run.phases["mllm"].trainable}
+        assert trainable and not any(n.startswith("model.visual.") for n in trainable)   # vision tower frozen
+        for k in before:
+            changed = not torch.equal(before[k], after[k])
+            assert changed == (k in trainable), f"{k}: changed={changed}, trainable={k in trainable}"
+        assert all(torch.equal(v, run.pipe.transformer.state_dict()[k]) for k, v in dit_before.items())
+        # a second step is off-policy w.r.t. the reference: the k3 KL is now positive
+        assert mllm_step(run, 0, 1)["mllm/kl"] > 0
+    finally:
+        close_run(run)
+
+
+def test_clip_acts_on_off_policy_updates(tiny_ckpt, prompts_file, tmp_path):
+    from thinkgen.rl.sepgrpo import build_run, close_run, mllm_step
+
+    cfg = tiny_cfg(tiny_ckpt, tmp_path / "out", prompts_file, schedule=["mllm"],
+                   mllm={"updates_per_step": 2, "micro_batch_size": 2, "drop_zero_adv": False, "lr": 3e-2,
+                         "clip_low": 1e-3, "clip_high": 1e-3, "kl_coef": 0.0, "features_from": "reference"})
+    run = build_run(cfg)
+    try:
+        stats = mllm_step(run, 0, 0)
+        # the second update sees the first one's weights: ratios move and the tight clip activates
+        assert stats["mllm/ratio_mean"] != 1.0
+        assert stats["mllm/clip_frac"] > 0
+    finally:
+        close_run(run)
+
+
+def test_dit_and_mllm_lora_steps_and_export(tiny_ckpt, prompts_file, tmp_path):
+    from thinkgen.pipeline import ThinkGenPipeline
+    from thinkgen.rl.sepgrpo import build_run, close_run, dit_step, mllm_step, save_checkpoint
+
+    cfg = tiny_cfg(tiny_ckpt, tmp_path / "out", prompts_file,
+                   mllm={"lora": True, "lora_rank": 4, "lora_alpha": 8.0, "kl_coef": 0.0},
+                   dit={"lora": True, "lora_rank": 4, "lora_alpha": 8.0, "kl_coef": 0.04})
+    run = build_run(cfg)
+    try:
+        dit, mllm_model = run.pipe.transformer, run.pipe.mllm.model
+        d0, m0 = _snapshot(dit), _snapshot(mllm_model)
+        ms = mllm_step(run, 0, 0)
+        ds = dit_step(run, 0, 0)
+        assert abs(ds["dit/ratio_mean"] - 1.0) < 1e-6 and ds["dit/clip_frac"] == 0.0     # on-policy
+        assert ds["dit/kl"] == 0.0 and ds["dit/trained_steps"] == 2.0                   # int(3 * 0.7) steps
+        assert ms["mllm/ratio_mean"] == 1.0
+        for module, snap in ((dit, d0), (mllm_model, m0)):
+            now = _snapshot(module)
+            for k in snap:
+                changed = not torch.equal(snap[k], now[k])
+                if "ref_image_refiner" in k:   # unused without input images: no gradient, no change
+                    assert not changed, k
+                else:
+                    assert changed == ("lora_" in k), f"{k}: changed={changed}"
+        # the checkpoint's model/ folder is the released layout with LoRA merged: same outputs as the live models
+        run.pos.global_step = 2
+        ckpt = save_checkpoint(run)
+        loaded = ThinkGenPipeline.from_pretrained(ckpt / "model")
+        g = torch.Generator().manual_seed(0)
+        x, feats = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 5, 64, generator=g)
+        mask = torch.ones(2, 5, dtype=torch.bool)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.transformer(x, torch.tensor([0.3, 0.6]), feats, mask),
+                                       dit(x, torch.tensor([0.3, 0.6]), feats, mask), atol=1e-5, rtol=1e-4)
+            ids = torch.tensor([[5 + i for i in range(12)]])
+            torch.testing.assert_close(loaded.mllm.model(input_ids=ids).logits, mllm_model(input_ids=ids).logits,
+                                       atol=1e-5, rtol=1e-4)
+    finally:
+        close_run(run)
+
+
+def test_tied_groups_change_nothing(tiny_ckpt, prompts_file, tmp_path):
+    from thinkgen.rl.sepgrpo import build_run, close_run, dit_step
+
+    cfg = tiny_cfg(tiny_ckpt, tmp_path / "out", prompts_file, schedule=["dit"], reward_weights={"toy_constant": 1.0},
+                   dit={"lora": False, "kl_coef": 0.0, "weight_decay": 0.1})
+    run = build_run(cfg)
+    try:
+        before = _snapshot(run.pipe.transformer)
+        stats = dit_step(run, 0, 0)
+        assert stats["dit/zero_adv_frac"] == 1.0 and stats["dit/skipped"] == 1.0
+        assert all(torch.equal(v, run.pipe.transformer.state_dict()[k]) for k, v in before.items())
+    finally:
+        close_run(run)
+
+
+# ----------------------------------------------------------------------------------------------- resume
+def _final_weights(out: Path) -> dict[str, str]:
+    import hashlib
+
+    return {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((out / "final").rglob("*.safetensors"))}
+
+
+def _metric_lines(out: Path) -> list[dict]:
+    lines = [json.loads(l) for l in (out / "logs" / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    return [{k: v for k, v in r.items() if k != "step_time_s"} for r in lines]
+
+
+def test_resume_after_kills_is_exact(tiny_ckpt, prompts_file, tmp_path, monkeypatch):
+    """Kills after the first step (before any checkpoint), inside the checkpoint write at the MLLM -> DiT switch and
+    inside the first DiT rollout: the
+    resumed run ends with bit-identical weights and the same metric lines (no duplicates) as an uninterrupted run."""
+    from thinkgen.rl.sepgrpo import train_sepgrpo
+
+    over = dict(save_every=1, eval_before=True, eval_prompts=str(prompts_file), eval_max_prompts=2, eval_steps=2, eval_resolution=32,
+                mllm={"steps": 2}, dit={"steps": 2})
+    ref_out = tmp_path / "ref"
+    train_sepgrpo(tiny_cfg(tiny_ckpt, ref_out, prompts_file, **over))
+
+    out = tmp_path / "killed"
+    cfg = tiny_cfg(tiny_ckpt, out, prompts_file, **over)
+    for fault in ("step:1", "ckpt_write:2:1", "rollout:3"):
+        monkeypatch.setenv("THINKGEN_FAULT", fault)
+        with pytest.raises(FaultInjected):
+            train_sepgrpo(cfg)
+    monkeypatch.delenv("THINKGEN_FAULT")
+    train_sepgrpo(cfg)
+
+    assert _final_weights(out) == _final_weights(ref_out) and _final_weights(out)
+    assert _metric_lines(out) == _metric_lines(ref_out)
+    steps = [r["step"] for r in _metric_lines(out) if "eval/overall" not in r]
+    assert steps == sorted(set(steps)) == [1, 2, 3, 4]
+    summary = json.loads((out / "eval_summary.json").read_text())
+    assert summary["before"]["step"] == 0 and summary["after"]["step"] == 4
+
+
+def test_resume_refuses_changed_config(tiny_ckpt, prompts_file, tmp_path):
+    from thinkgen.rl.sepgrpo import build_run, close_run, save_checkpoint
+
+    cfg = tiny_cfg(tiny_ckpt, tmp_path / "out", prompts_file, schedule=["dit"])
+    run = build_run(cfg)
+    run.pos.global_step = 1
+    save_checkpoint(run)
+    close_run(run)
+    with pytest.raises(ConfigError, match="dit.lr"):
+        build_run(tiny_cfg(tiny_ckpt, tmp_path / "out", prompts_file, schedule=["dit"], dit={"lr": 5e-4}))
+    run = build_run(tiny_cfg(tiny_ckpt, tmp_path / "out", prompts_file, schedule=["dit"], dit={"lr": 5e-4},
+                             allow_config_change=["dit.lr"]))
+    assert run.resumed and run.pos.global_step == 1
+    close_run(run)
+
+
+# ----------------------------------------------------------------------------------------------- nano reward
+def test_nano_reward_uses_the_nano_scorer(monkeypatch):
+    import types
+
+    from PIL import Image
+
+    from thinkgen.rl.rewards import build_reward
+
+    fake = types.ModuleType("thinkgen.nano.scoring")
+    fake.score = lambda sample, image: {"score": 0.25, "correct": False} if sample == "bad" else {"score": 1.0, "correct": True}
+    monkeypatch.setitem(sys.modules, "thinkgen.nano.scoring", fake)
+    import thinkgen.nano
+    monkeypatch.setattr(thinkgen.nano, "scoring", fake, raising=False)
+    img = Image.new("RGB", (8, 8))
+    meta = [{"sample": "good"}, {"sample": "bad"}, {}]
+    out = build_reward("nano")([img] * 3, ["a", "b", "c"], meta)
+    assert out[:2].tolist() == [1.0, 0.25] and torch.isnan(out[2])
+    assert build_reward("nano_correct")([img] * 2, ["a", "b"], meta[:2]).tolist() == [1.0, 0.0]
+
+
+def test_nano_prompt_source_scores_its_own_targets():
+    from thinkgen.rl.rewards import build_reward
+    from thinkgen.rl.rollout import nano_prompt_items
+
+    items = nano_prompt_items(["composition", "editing"], "heldout", 2, seed=0)
+    assert [it.scenario for it in items] == ["composition"] * 2 + ["editing"] * 2
+    assert not items[0].images and len(items[2].images) == 1
+    # the ground-truth image of each sample scores 1 under the nano reward
+    targets = [it.meta["sample"].target_image() for it in items]
+    r = build_reward("nano_correct")(targets, [it.prompt for it in items], [it.reward_meta() for it in items])
+    assert r.tolist() == [1.0] * 4
+    with pytest.raises(ConfigError, match="understanding"):
+        nano_prompt_items(["understanding"], "train", 1, seed=0)
+
+
+# ----------------------------------------------------------------------------------------------- shipped configs
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", ["sepgrpo_nano.yaml", "sepgrpo_thinkgen.yaml"])
+def test_shipped_configs_validate(name):
+    cfg = load_config(CONFIGS / name)
+    assert cfg.schedule == ["mllm", "dit"]
+
+
+def test_nano_source_end_to_end(tiny_ckpt, tmp_path):
+    """The nano config's path on the tiny pipeline: nano prompts (an editing prompt with its input image in both
+    phases), nano rewards, held-out evaluation per family, the final export."""
+    from thinkgen.pipeline import ThinkGenPipeline
+    from thinkgen.rl.sepgrpo import train_sepgrpo
+
+    cfg = load_config(CONFIGS / "sepgrpo_nano.yaml", [
+        f"--model_dir={tiny_ckpt}", f"--output_dir={tmp_path / 'out'}", "--device=cpu", "--progress=false",
+        "--nano_families={reasoning: 1.0, editing: 1.0, text: 0.0}", "--nano_train_size=3", "--nano_eval_size=1",
+        "--eval_steps=2", "--eval_seeds=1", "--eval_images=2", "--save_every=0",
+        "--mllm.scenario_weights={editing: 1.0}", "--mllm.steps=1", "--mllm.prompts_per_step=1",
+        "--mllm.group_size=2", "--mllm.max_think_tokens=4", "--mllm.max_answer_tokens=3", "--mllm.render_steps=2",
+        "--dit.scenario_weights={editing: 1.0}", "--dit.steps=1", "--dit.prompts_per_step=1", "--dit.group_size=2",
+        "--dit.max_think_tokens=4", "--dit.max_answer_tokens=3", "--dit.num_steps=4", "--dit.window_size=2",
+        "--dit.window_range=[0,2]"])
+    final = train_sepgrpo(cfg)
+    lines = [json.loads(l) for l in (tmp_path / "out" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert any("mllm/reward/editing" in r for r in lines) and any("dit/reward/editing" in r for r in lines)
+    evals = [r for r in lines if "eval/overall" in r]
+    assert len(evals) == 3 and {"eval/reasoning", "eval/editing", "eval/text"} <= set(evals[0])
+    assert ThinkGenPipeline.from_pretrained(final).transformer is not None

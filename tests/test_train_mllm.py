@@ -1,0 +1,145 @@
+"""MLLM SFT on a tiny Qwen3-VL (CPU): templates and label masks, learning, frozen vision tower, LoRA export,
+exact resume."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from thinkgen.checkpoint import FaultInjected, verify_manifest
+from thinkgen.mllm import SYSTEM_PROMPT, ThinkGenMLLM
+from thinkgen.train.config import mllm_sft
+from thinkgen.train.data import DataError, SFTBatcher, build_mixture
+from thinkgen.train.mllm_sft import IGNORE_INDEX, build_sft_batch, sft_texts, train_mllm
+from thinkgen.train.tiny import write_tiny_sft_dataset
+
+M = "model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def assets(tiny_ckpt, tmp_path_factory):
+    """The shared tiny released-layout checkpoint (conftest) + understanding / generation SFT records."""
+    data = write_tiny_sft_dataset(tmp_path_factory.mktemp("mllm") / "data", n=6)
+    return Path(tiny_ckpt), data
+
+
+@pytest.fixture(scope="module")
+def mllm(assets):
+    return ThinkGenMLLM.from_pretrained(assets[0] / "mllm", assets[0] / "processor")
+
+
+def cfg_for(assets, out, **kw):
+    model, data = assets
+    base = dict(model_dir=str(model), data=[str(data)], output_dir=str(out), batch_size=2, warmup_steps=0, lr=3e-3,
+                max_steps=4, save_every=2, log_every=1, shuffle_buffer=3, seed=0)
+    return mllm_sft(**{**base, **kw})
+
+
+def sha(p) -> str:
+    return hashlib.sha256(Path(p).read_bytes()).hexdigest()
+
+
+def test_templates(mllm):
+    tok = mllm.tokenizer
+    gen = {"task_type": "edit", "instruction": "change color to red", "input_images": ["x.png"], "think": "t",
+           "answer": "a red square"}
+    prompt, assistant = sft_texts(tok, gen)
+    assert prompt.startswith(f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
+                             "<|vision_start|><|image_pad|><|vision_end|>change color to red<|im_end|>\n")
+    assert prompt.endswith("<|im_start|>assistant\n")
+    assert assistant == "<think>\nt\n</think>\n\na red square<|im_end|>"
+    no_answer = dict(gen, answer=None, think="")
+    assert sft_texts(tok, no_answer)[1] == "<think>\n\n</think>\n\nchange color to red<|im_end|>"
+    und = {"task_type": "understanding", "instruction": "what shape is this", "input_images": [], "answer": "a cat"}
+    prompt, assistant = sft_texts(tok, und)
+    assert prompt == "<|im_start|>user\nwhat shape is this<|im_end|>\n<|im_start|>assistant\n"
+    assert assistant == "a cat<|im_end|>"
+
+
+def test_labels_cover_only_the_assistant_turn(assets, mllm):
+    batcher = SFTBatcher(build_mixture([(str(assets[1]), 1.0)], purpose="mllm", shuffle_buffer=1), 4)
+    records = next(batcher)
+    assert any(r["images"] for r in records) and any(not r["images"] for r in records)
+    batch = build_sft_batch(mllm.processor, records, max_seq_len=512, max_image_pixels=64 * 64)
+    tok = mllm.tokenizer
+    image_id = tok.convert_tokens_to_ids("<|image_pad|>")
+    assert batch["pixel_values"].shape[0] > 0 and batch["image_grid_thw"].shape[0] == sum(len(r["images"]) for r in records)
+    for b, rec in enumerate(records):
+        ids, labels, mask = batch["input_ids"][b], batch["labels"][b], batch["attention_mask"][b].bool()
+        prompt, assistant = sft_texts(tok, rec)
+        assert tok.decode(ids[labels != IGNORE_INDEX]) == assistant
+        n_prompt = int((labels[mask] == IGNORE_INDEX).sum())
+        assert (labels[:n_prompt] == IGNORE_INDEX).all() and (labels[~mask] == IGNORE_INDEX).all()
+        assert int((ids[:n_prompt] == image_id).sum()) == (0 if not rec["images"] else
+                                                          int((batch["mm_token_type_ids"][b] == 1).sum()))
+    with pytest.raises(DataError, match="max_seq_len"):
+        build_sft_batch(mllm.processor, records, max_seq_len=8, max_image_pixels=64 * 64)
+
+
+def test_full_sft_learns_and_keeps_vision_frozen(assets, tmp_path):
+    cfg = cfg_for(assets, tmp_path / "run", max_steps=15, save_every=0, lr=1e-2)
+    final = train_mllm(cfg)
+    losses = [json.loads(l)["train/loss"] for l in (tmp_path / "run" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3, losses
+    verify_manifest(final)
+    before, after = load_file(str(assets[0] / "mllm" / M)), load_file(str(final / "mllm" / M))
+    assert before.keys() == after.keys()
+    for k in before:
+        same = torch.equal(before[k], after[k])
+        assert same == k.startswith("model.visual."), k
+    m = ThinkGenMLLM.from_pretrained(final / "mllm", final / "processor")      # the export loads
+    assert m.feature_dim == 64
+
+
+def test_resume_is_bit_identical(assets, tmp_path):
+    straight = train_mllm(cfg_for(assets, tmp_path / "a"))
+    cfg = cfg_for(assets, tmp_path / "b")
+    os.environ["THINKGEN_FAULT"] = "step:3"
+    try:
+        with pytest.raises(FaultInjected):
+            train_mllm(cfg)
+    finally:
+        del os.environ["THINKGEN_FAULT"]
+    resumed = train_mllm(cfg)
+    assert sha(straight / "mllm" / M) == sha(resumed / "mllm" / M)
+
+
+def test_lora_sft_exports_merged_weights(assets, tmp_path):
+    cfg = cfg_for(assets, tmp_path / "run", lora=True, lora_rank=4, lora_alpha=8.0, lr=1e-2)
+    final = train_mllm(cfg)
+    before, after = load_file(str(assets[0] / "mllm" / M)), load_file(str(final / "mllm" / M))
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.split(".")[-2] in ("q_proj", "k_proj", "v_proj", "o_proj") for k in changed), changed
+    assert (final / "mllm_lora" / "adapter.safetensors").is_file()
+    ThinkGenMLLM.from_pretrained(final / "mllm", final / "processor")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy,extra", [("ddp", []), ("fsdp2", ["--lora=true"])])
+def test_torchrun_two_processes_gloo(assets, tmp_path, strategy, extra):
+    """Rank 0 gets the image samples, rank 1 the text-only ones (alternating lines, shuffle buffer 1)."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    model, data = assets
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "thinkgen.train.cli", "mllm", f"--model_dir={model}", f"--data=[{data}]", f"--output_dir={out}",
+           "--batch_size=1", "--max_steps=3", "--save_every=2", "--warmup_steps=0", "--device=cpu",
+           f"--parallel={strategy}", "--shuffle_buffer=1", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    env.pop("THINKGEN_FAULT", None)
+    for attempt in range(2):
+        proc = subprocess.run(cmd, env=env, cwd=str(repo), capture_output=True, text=True, timeout=240)
+        if proc.returncode == 0:
+            break
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    verify_manifest(out / "final")
+    ThinkGenMLLM.from_pretrained(out / "final" / "mllm", out / "final" / "processor")
