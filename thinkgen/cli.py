@@ -219,8 +219,10 @@ def cmd_eval(args, rest) -> int:
     if args.what == "nano":
         from .nano.evaluate import main as eval_main
         return eval_main(rest)
-    from .eval.cli import main as bench_main
-    return bench_main([args.what, *rest])
+    raise InvalidInputError(
+        f"unknown evaluation {args.what!r}; available: nano (the shape-world benchmark of ThinkGen-Nano). "
+        "Harnesses for GenEval, DPG-Bench, WISE, RISEBench, ImgEdit, GEdit and CVTG are not implemented yet."
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,11 +35,11 @@ class NanoSizes:
     vae_latent: int = 4
     vae_groups: int = 8
     # DiT
-    dit_hidden: int = 192
+    dit_hidden: int = 128
     dit_layers: int = 4
     dit_refiner: int = 1
-    dit_heads: int = 6
-    dit_kv_heads: int = 3
+    dit_heads: int = 4
+    dit_kv_heads: int = 2
     dit_axes: tuple[int, int, int] = (8, 12, 12)
     dit_prepad: int = 23
     extra: dict = field(default_factory=dict)
@@ -50,7 +50,7 @@ PRESETS: dict[str, NanoSizes] = {
                        vision_depth=1, vision_side=128, vae_channels=(8, 16, 16), vae_groups=4, dit_hidden=48,
                        dit_layers=2, dit_refiner=1, dit_heads=4, dit_kv_heads=2, dit_axes=(4, 4, 4), dit_prepad=3),
     "quick": NanoSizes(),
-    "full": NanoSizes(dit_hidden=256, dit_layers=6, dit_heads=8, dit_kv_heads=4, dit_axes=(8, 12, 12)),
+    "full": NanoSizes(dit_hidden=192, dit_layers=6, dit_heads=6, dit_kv_heads=3, dit_axes=(8, 12, 12)),
 }
 
 

@@ -60,8 +60,8 @@ RECIPES: dict[str, Recipe] = {
                     dit1_steps=2, dit2_steps=2, dit_batch=2, dit1_lr=1e-3, dit2_lr=1e-3, sample_steps=2, eval_n=2,
                     eval_seeds=1),
     # what fits about 45 minutes of a shared 2-core CPU (the shipped checkpoint)
-    "quick": Recipe("quick", n_sft=6000, n_dit=6000, vae_steps=600, vae_batch=16, mllm_steps=700, mllm_batch=16,
-                    mllm_lr=2e-3, dit1_steps=100, dit2_steps=900, dit_batch=16, dit1_lr=2e-3, dit2_lr=1e-3),
+    "quick": Recipe("quick", n_sft=6000, n_dit=6000, vae_steps=800, vae_batch=16, mllm_steps=700, mllm_batch=16,
+                    mllm_lr=2e-3, dit1_steps=100, dit2_steps=1200, dit_batch=16, dit1_lr=2e-3, dit2_lr=1e-3),
     # the <= 2 h recipe on 2 dedicated cores
     "full": Recipe("full", n_sft=12000, n_dit=12000, vae_steps=1200, vae_batch=16, mllm_steps=1800, mllm_batch=16,
                    mllm_lr=2e-3, dit1_steps=200, dit2_steps=2400, dit_batch=16, dit1_lr=2e-3, dit2_lr=1e-3),
@@ -173,7 +173,7 @@ def stage_dit(out: Path, r: Recipe, seed: int, device: str, which: str, override
         batch_size=r.dit_batch, weight_decay=0.0, max_output_pixels=64 * 64, max_input_pixels=[64 * 64],
         prompt_dropout_prob=0.1, ref_dropout_prob=0.5, feature_cache_dir=str(out / "cache" / "features"),
         latent_cache_dir=str(out / "cache" / "latents"), max_text_tokens=128, device=device, log_every=25,
-        save_every=max(100, steps // 4), keep_last=1, shuffle_buffer=2000, export_full_model=True),
+        save_every=100, keep_last=2, shuffle_buffer=2000, export_full_model=True),
         **overrides.get(which, {})})
     return train_dit(cfg)
 

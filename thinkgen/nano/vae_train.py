@@ -103,7 +103,7 @@ def train_vae(out: str | os.PathLike, preset: str = "quick", steps: int = 1500, 
         opt.step()
         sched.step()
         if step % log_every == 0 or step == steps:
-            entry = {"step": step, "rec": round(float(rec), 5), "kl": round(float(kl), 4),
+            entry = {"step": step, "rec": round(float(rec.detach()), 5), "kl": round(float(kl.detach()), 4),
                      "s": round(time.time() - t0, 1)}
             log.append(entry)
             print("vae", json.dumps(entry), flush=True)

@@ -73,6 +73,8 @@ def register_reward(name: str):
 
 def build_reward(name: str, **kwargs) -> RewardFn:
     """Build a registered reward: build_reward("ocr_ned"), build_reward("clip_similarity", model_dir=...)."""
+    if name not in REWARDS and name.startswith("nano"):
+        import thinkgen.rl.rollout  # noqa: F401  (registers the nano world's rewards)
     if name not in REWARDS:
         raise ConfigError(f"unknown reward {name!r}; registered rewards: {sorted(REWARDS)}")
     return REWARDS[name](**kwargs)

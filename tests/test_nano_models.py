@@ -1,0 +1,134 @@
+"""ThinkGen-Nano models, training entry points, evaluation and the shipped checkpoint (fast: tiny sizes)."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from thinkgen.nano import prompts, world
+from thinkgen.nano.models import build_nano_tokenizer, nano_defaults
+from thinkgen.pipeline import default_model_path
+from thinkgen.tokenization import SPECIAL_TOKENS, THINK_TOKENS, check_special_tokens
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_nano_tokenizer()
+
+
+def test_tokenizer_specials_come_from_the_tokenizer(tok):
+    ids = check_special_tokens(tok)
+    assert set(ids) == set(SPECIAL_TOKENS + THINK_TOKENS)
+    assert len(set(ids.values())) == len(ids)
+
+
+def test_tokenizer_vocabulary_words_are_single_tokens(tok):
+    for w in prompts.vocabulary():
+        assert len(tok.encode(w, add_special_tokens=False)) == 1, w
+        if w.isalpha() and w.islower():
+            assert len(tok.encode(" " + w, add_special_tokens=False)) == 1, w
+
+
+def test_tokenizer_round_trips_prompts_and_sign_text(tok):
+    texts = []
+    for fam in prompts.FAMILIES:
+        for s in prompts.generate(fam, 14, seed=5):
+            texts += s.texts()
+    rng = random.Random(0)
+    for _ in range(50):   # unseen sign words tokenise letter by letter
+        t = "".join(rng.choice(world.LETTERS) for _ in range(rng.randint(1, 4)))
+        texts.append(f'a sign that says "{t}"')
+        ids = tok.encode(f'"{t}"', add_special_tokens=False)
+        pieces = [tok.decode([i]) for i in ids]
+        assert "".join(pieces) == f'"{t}"'
+        assert all(len(p.strip('" ')) <= 1 for p in pieces), pieces
+    texts.append("two red circles left of a blue square")
+    for t in texts:
+        assert tok.decode(tok.encode(t, add_special_tokens=False)) == t
+
+
+def test_sft_template_matches_think_and_chat(tok):
+    """The SFT prompt of a generation record is the think-mode prompt minus '<think>\\n'; understanding records use
+    exactly the prompt that chat() builds."""
+    from thinkgen.mllm import build_prompt
+    from thinkgen.train.mllm_sft import sft_texts
+
+    p, a = sft_texts(tok, {"task_type": "t2i", "instruction": "x", "think": "t", "answer": "a red circle"})
+    assert p + "<think>\n" == build_prompt(tok, "x", 0, "think")
+    assert a == "<think>\nt\n</think>\n\na red circle<|im_end|>"
+    p, a = sft_texts(tok, {"task_type": "understanding", "instruction": "how many shapes are there?",
+                           "input_images": ["i.png"], "answer": "two"})
+    chat = tok.apply_chat_template([{"role": "user", "content": [{"type": "image"},
+                                                                 {"type": "text", "text": "how many shapes are there?"}]}],
+                                   tokenize=False, add_generation_prompt=True)
+    assert p == chat
+
+
+def test_datasets_are_valid_jsonl(tmp_path):
+    from thinkgen.nano.data import write_datasets
+    from thinkgen.train.data import validate_jsonl
+
+    paths = write_datasets(tmp_path, 24, 24, seed=3)
+    assert validate_jsonl(paths["sft"], purpose="mllm") == []
+    assert validate_jsonl(paths["dit"], purpose="dit") == []
+    recs = [json.loads(x) for x in paths["sft"].read_text().splitlines()]
+    assert {r["family"] for r in recs} == set(prompts.FAMILIES)
+    for r in recs:   # the held-out split never appears in training data
+        assert r["task_type"] in ("t2i", "edit", "understanding")
+
+
+def test_train_nano_smoke_every_stage_then_eval(tmp_path):
+    """`thinkgen train nano --preset smoke`: every stage runs 2 steps on tiny sizes, in the released layout,
+    resumable (a rerun skips every stage), then the eval writes JSON, markdown and a grid on 2 samples per family."""
+    from thinkgen.nano.train import main
+
+    out = tmp_path / "run"
+    assert main(["--out", str(out), "--preset", "smoke", "--jobs", "1"]) == 0
+    for st in ("data", "vae", "mllm", "dit1", "dit2", "final", "eval"):
+        assert (out / f"{st}.done").is_file(), st
+    final = out / "final"
+    for c in ("mllm", "processor", "transformer", "vae", "scheduler"):
+        assert (final / c).is_dir()
+    idx = json.loads((final / "model_index.json").read_text())
+    assert idx["thinkgen_defaults"]["height"] == 64 and idx["thinkgen_defaults"]["think_do_sample"] is False
+    res = json.loads((out / "eval" / "results.json").read_text())
+    assert {"think_off", "think_on", "understanding"} <= set(res["summary"])
+    assert (out / "eval" / "results.md").is_file() and (out / "eval" / "grid.png").is_file()
+    assert main(["--out", str(out), "--preset", "smoke", "--jobs", "1"]) == 0     # resumable: all skipped
+
+
+def test_vae_train_entry_point(tmp_path):
+    from thinkgen.nano.vae_train import main
+
+    assert main(["--out", str(tmp_path), "--preset", "smoke", "--steps", "2", "--batch-size", "2",
+                 "--check-scenes", "4"]) == 0
+    cfg = json.loads((tmp_path / "vae" / "config.json").read_text())
+    assert cfg["scaling_factor"] > 0 and cfg["block_out_channels"] == [8, 16, 16]
+    rep = json.loads((tmp_path / "vae_report.json").read_text())
+    assert 0.0 <= rep["parse_rate"] <= 1.0
+
+
+SHIPPED = default_model_path()
+
+
+@pytest.mark.skipif(not (SHIPPED / "model_index.json").is_file(),
+                    reason=f"no shipped nano checkpoint at {SHIPPED} (train one with runs/cpu.sh)")
+def test_shipped_checkpoint_loads_and_generates():
+    from thinkgen.pipeline import ThinkGenPipeline
+
+    size = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file())
+    assert size <= 60 * 2**20
+    d = json.loads((SHIPPED / "model_index.json").read_text())["thinkgen_defaults"]
+    assert d["height"] == 64 and d["width"] == 64
+    pipe = ThinkGenPipeline.from_pretrained()
+    out = pipe("two red circles left of a blue square", think="off", height=64, width=64,
+               num_inference_steps=4, seed=0)
+    assert out.images[0].size == (64, 64)
+    out = pipe("as many stars as a triangle has corners", think="on", height=64, width=64, num_inference_steps=2,
+               seed=0, max_think_tokens=d["max_think_tokens"], max_answer_tokens=d["max_answer_tokens"],
+               think_do_sample=False)
+    assert "</think>" in out.thoughts[0] and out.instructions[0]
+    assert isinstance(pipe.chat("how many shapes are there?", images=[out.images[0]], max_new_tokens=4), str)
