@@ -230,3 +230,13 @@ def test_sde_noise_zero_equals_euler():
     c = sample(dit, noise, cond, neg, ts, Guidance(2.0), noise_level=0.7,
                generator=[torch.Generator().manual_seed(i) for i in range(2)], return_trajectory=True)
     assert c.logps.shape == (2, 4) and len(c.states) == 5
+
+
+def test_model_cpu_offload_same_result():
+    from thinkgen.testing import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline()
+    a = pipe("a red circle", seed=4, **KW).images[0]
+    pipe.enable_model_cpu_offload("cpu")
+    b = pipe("a red circle", seed=4, **KW).images[0]
+    assert (_arr(a) == _arr(b)).all()

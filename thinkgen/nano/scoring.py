@@ -101,13 +101,9 @@ def spec_equivalent(a: SceneSpec | None, b: SceneSpec | None) -> bool:
 
 
 def _edit_distance(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
+    from thinkgen.rl.rewards import levenshtein
+
+    return levenshtein(a, b)
 
 
 def _text_similarity(want: str | None, got: str | None) -> float:
