@@ -35,6 +35,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
+    p.add_argument("--cpu-offload", action="store_true",
+                   help="keep the models on the CPU and move each to --device only for its stage (less GPU memory)")
 
 
 def _add_gen_args(p: argparse.ArgumentParser) -> None:
@@ -74,6 +76,9 @@ def _load(args):
     from .pipeline import ThinkGenPipeline
 
     device, dtype = _device_dtype(args)
+    if getattr(args, "cpu_offload", False):
+        pipe = ThinkGenPipeline.from_pretrained(args.model, dtype=dtype, device="cpu")
+        return pipe.enable_model_cpu_offload(device)
     return ThinkGenPipeline.from_pretrained(args.model, dtype=dtype, device=device)
 
 
