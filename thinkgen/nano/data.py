@@ -21,6 +21,7 @@ import random
 from pathlib import Path
 
 from thinkgen.nano.prompts import FAMILIES, Sample, generate
+from thinkgen.nano.world import normalise_text
 
 TASK = {"composition": "t2i", "reasoning": "t2i", "text": "t2i", "editing": "edit", "reflection": "edit",
         "understanding": "understanding"}
@@ -57,7 +58,9 @@ def sft_record(s: Sample, store: _ImageStore) -> dict:
     if s.family == "understanding":
         rec["answer"] = s.answer
         return rec
-    rec["think"] = s.think
+    # an empty thought would be "<think>\n\n</think>" in the SFT template, which a think-mode prompt (ending in
+    # "<think>\n") never reproduces; so requests that need no reasoning get a one-line thought.
+    rec["think"] = s.think or normalise_text(f"so {s.instruction} .")
     rec["answer"] = s.instruction
     rec["output_image"] = store.put("scene:" + s.target_scene().signature(), s.target_image())
     return rec

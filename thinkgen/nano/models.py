@@ -29,17 +29,17 @@ class NanoSizes:
     vision_hidden: int = 64
     vision_heads: int = 2
     vision_depth: int = 2
-    vision_side: int = 256           # the MLLM sees 64x64 scenes upscaled to this side (16px patches, merge 2)
+    vision_side: int = 64            # the MLLM sees scenes at this side (16px patches, merge 2: 64 px -> 4 tokens)
     # VAE
     vae_channels: tuple[int, ...] = (16, 32, 32)
     vae_latent: int = 4
     vae_groups: int = 8
     # DiT
-    dit_hidden: int = 128
+    dit_hidden: int = 192
     dit_layers: int = 4
     dit_refiner: int = 1
-    dit_heads: int = 4
-    dit_kv_heads: int = 2
+    dit_heads: int = 6
+    dit_kv_heads: int = 3
     dit_axes: tuple[int, int, int] = (8, 12, 12)
     dit_prepad: int = 23
     extra: dict = field(default_factory=dict)
@@ -47,7 +47,7 @@ class NanoSizes:
 
 PRESETS: dict[str, NanoSizes] = {
     "smoke": NanoSizes(mllm_hidden=32, mllm_layers=2, mllm_heads=4, mllm_kv_heads=2, vision_hidden=16, vision_heads=2,
-                       vision_depth=1, vision_side=128, vae_channels=(8, 16, 16), vae_groups=4, dit_hidden=48,
+                       vision_depth=1, vision_side=64, vae_channels=(8, 16, 16), vae_groups=4, dit_hidden=48,
                        dit_layers=2, dit_refiner=1, dit_heads=4, dit_kv_heads=2, dit_axes=(4, 4, 4), dit_prepad=3),
     "quick": NanoSizes(),
     "full": NanoSizes(dit_hidden=192, dit_layers=6, dit_heads=6, dit_kv_heads=3, dit_axes=(8, 12, 12)),

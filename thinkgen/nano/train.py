@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-STAGES = ("data", "vae", "mllm", "dit1", "dit2", "final", "eval")
+STAGES = ("data", "vae", "mllm", "mllm2", "vision", "dit1", "dit2", "final", "eval")
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,11 @@ class Recipe:
     dit_batch: int
     dit1_lr: float
     dit2_lr: float
+    dit2_ema: float = 0.998
+    mllm2_steps: int = 0         # second SFT phase (fresh warm-up + cosine) continuing from the first
+    mllm2_lr: float = 1.5e-3
+    vision_steps: int = 0        # vision-tower-only SFT on the image-input records (language model frozen)
+    vision_lr: float = 1e-3
     sample_steps: int = 20
     eval_n: int = 8
     eval_seeds: int = 2
@@ -57,11 +62,13 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "smoke": Recipe("smoke", n_sft=24, n_dit=24, vae_steps=2, vae_batch=2, mllm_steps=2, mllm_batch=2, mllm_lr=1e-3,
+                    mllm2_steps=2, vision_steps=2,
                     dit1_steps=2, dit2_steps=2, dit_batch=2, dit1_lr=1e-3, dit2_lr=1e-3, sample_steps=2, eval_n=2,
                     eval_seeds=1),
     # what fits about 45 minutes of a shared 2-core CPU (the shipped checkpoint)
     "quick": Recipe("quick", n_sft=6000, n_dit=6000, vae_steps=800, vae_batch=16, mllm_steps=700, mllm_batch=16,
-                    mllm_lr=2e-3, dit1_steps=100, dit2_steps=1200, dit_batch=16, dit1_lr=2e-3, dit2_lr=1e-3),
+                    mllm_lr=2e-3, dit1_steps=100, dit2_steps=4000, dit_batch=16, dit1_lr=2e-3, dit2_lr=1e-3,
+                    mllm2_steps=1600, vision_steps=1000),
     # the <= 2 h recipe on 2 dedicated cores
     "full": Recipe("full", n_sft=12000, n_dit=12000, vae_steps=1200, vae_batch=16, mllm_steps=1800, mllm_batch=16,
                    mllm_lr=2e-3, dit1_steps=200, dit2_steps=2400, dit_batch=16, dit1_lr=2e-3, dit2_lr=1e-3),
@@ -116,6 +123,7 @@ def stage_mllm_base(out: Path, r: Recipe, seed: int) -> Path:
 
 
 def stage_mllm(out: Path, r: Recipe, seed: int, device: str, overrides: dict) -> Path:
+    from thinkgen.nano.models import sizes
     from thinkgen.train.config import mllm_sft
     from thinkgen.train.mllm_sft import train_mllm
 
@@ -124,9 +132,92 @@ def stage_mllm(out: Path, r: Recipe, seed: int, device: str, overrides: dict) ->
         model_dir=str(base), data=[str(out / "data" / "sft.jsonl")], output_dir=str(out / "mllm" / "run"),
         seed=seed, lr=r.mllm_lr, warmup_steps=max(1, min(50, r.mllm_steps // 10)), lr_schedule="cosine",
         min_lr_ratio=0.05, max_steps=r.mllm_steps, batch_size=r.mllm_batch, max_seq_len=512,
-        max_image_pixels=64 * 64, freeze_vision=False, weight_decay=0.0, device=device, log_every=25,
-        save_every=max(100, r.mllm_steps // 4), keep_last=1, shuffle_buffer=2000), **overrides.get("mllm", {})})
+        max_image_pixels=sizes(r.sizes).vision_side ** 2, freeze_vision=False, weight_decay=0.0, device=device,
+        log_every=25, save_every=max(100, r.mllm_steps // 4), keep_last=1, shuffle_buffer=2000), **overrides.get("mllm", {})})
     return train_mllm(cfg)
+
+
+def stage_mllm2(out: Path, r: Recipe, seed: int, device: str, overrides: dict) -> Path:
+    """Second SFT phase from ``OUT/mllm/run/final`` into ``OUT/mllm/run2`` (skipped when mllm2_steps = 0)."""
+    from thinkgen.train.config import mllm_sft
+    from thinkgen.train.mllm_sft import train_mllm
+
+    from thinkgen.nano.models import sizes
+
+    if r.mllm2_steps <= 0:
+        return out / "mllm" / "run" / "final"
+    cfg = mllm_sft(**{**dict(
+        model_dir=str(out / "mllm" / "run" / "final"), data=[str(out / "data" / "sft.jsonl")],
+        output_dir=str(out / "mllm" / "run2"), seed=seed + 1, lr=r.mllm2_lr, warmup_steps=20, lr_schedule="cosine",
+        min_lr_ratio=0.05, max_steps=r.mllm2_steps, batch_size=r.mllm_batch, max_seq_len=512,
+        max_image_pixels=sizes(r.sizes).vision_side ** 2, freeze_vision=False, weight_decay=0.0, device=device,
+        log_every=25, save_every=200, keep_last=1, shuffle_buffer=2000), **overrides.get("mllm2", {})})
+    return train_mllm(cfg)
+
+
+def sft_final(out: Path) -> Path:
+    run2 = out / "mllm" / "run2" / "final"
+    return run2 if (run2 / "mllm").is_dir() else out / "mllm" / "run" / "final"
+
+
+def stage_vision(out: Path, r: Recipe, seed: int, device: str) -> Path | None:
+    """Train only the vision tower (``model.visual.*``, deepstack mergers included) on the SFT records that carry
+    an input image (understanding, editing, reflection), with the SFT loss. The language model is frozen, so the
+    DiT's text-only (no-think) features are exactly those of the SFT MLLM: this stage can run next to DiT training.
+    Writes ``OUT/mllm/vision/{mllm,processor}``; ``stage_final`` takes the vision weights from there."""
+    import json as _json
+    import random as _random
+
+    from thinkgen.mllm import ThinkGenMLLM
+    from PIL import Image
+    from thinkgen.train.mllm_sft import build_sft_batch, save_mllm_folder
+
+    if r.vision_steps <= 0:
+        return None
+    src = sft_final(out)
+    from thinkgen.nano.models import build_processor, sizes
+
+    mllm = ThinkGenMLLM.from_pretrained(src / "mllm", src / "processor")
+    mllm.processor = build_processor(mllm.processor.tokenizer, sizes(r.sizes))   # the size the SFT used
+    net, proc = mllm.model, mllm.processor
+    px = proc.min_pixels
+    data_path = out / "data" / "sft.jsonl"
+    recs = [_json.loads(x) for x in data_path.read_text().splitlines() if x.strip()]
+    recs = [x for x in recs if x.get("input_images")]
+    for x in recs:
+        x["images"] = [Image.open(data_path.parent / p_).convert("RGB") for p_ in x["input_images"]]
+    for name, p_ in net.named_parameters():
+        p_.requires_grad_(".visual." in f".{name}")
+    params = [p_ for p_ in net.parameters() if p_.requires_grad]
+    opt = torch.optim.AdamW(params, lr=r.vision_lr, betas=(0.9, 0.95), weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s_: min(1.0, (s_ + 1) / 20) * max(0.05, 0.5 * (
+        1 + __import__("math").cos(__import__("math").pi * min(s_, r.vision_steps) / r.vision_steps))))
+    rng = _random.Random(seed + 2)
+    net.to(device).train()
+    net.config.use_cache = False
+    t0 = time.time()
+    for step in range(1, r.vision_steps + 1):
+        batch = build_sft_batch(proc, rng.sample(recs, min(r.mllm_batch, len(recs))), 512, px)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        loss = net(**batch, use_cache=False).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if step % 25 == 0 or step == r.vision_steps:
+            _log(f"vision step {step}/{r.vision_steps} loss {float(loss.detach()):.4f} ({time.time() - t0:.0f} s)")
+    net.eval()
+    dst = out / "mllm" / "vision"
+    tmp = out / "mllm" / ".vision.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_mllm_folder(tmp / "mllm", net, net.state_dict())
+    proc.save_pretrained(tmp / "processor")
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)
+    return dst
 
 
 def assemble_base(out: Path, r: Recipe, seed: int) -> Path:
@@ -140,7 +231,7 @@ def assemble_base(out: Path, r: Recipe, seed: int) -> Path:
     root = out / "dit_base"
     if (root / "model_index.json").is_file():
         return root
-    sft = out / "mllm" / "run" / "final"
+    sft = sft_final(out)
     mllm = ThinkGenMLLM.from_pretrained(sft / "mllm", sft / "processor")
     vae = load_vae_strict(out / "vae" / "vae")
     pipe = ThinkGenPipeline(mllm, build_dit(sizes(r.sizes), seed=seed), vae, ThinkGenScheduler(), name="nano-base")
@@ -170,6 +261,7 @@ def stage_dit(out: Path, r: Recipe, seed: int, device: str, which: str, override
         model_dir=str(model_dir), data=[str(out / "data" / "dit.jsonl")], output_dir=str(out / which), seed=seed,
         lr=r.dit1_lr if which == "dit1" else r.dit2_lr, warmup_steps=max(1, min(50, steps // 10)),
         lr_schedule="constant" if which == "dit1" else "cosine", min_lr_ratio=0.05, max_steps=steps,
+        ema_decay=0.0 if which == "dit1" else r.dit2_ema,
         batch_size=r.dit_batch, weight_decay=0.0, max_output_pixels=64 * 64, max_input_pixels=[64 * 64],
         prompt_dropout_prob=0.1, ref_dropout_prob=0.5, feature_cache_dir=str(out / "cache" / "features"),
         latent_cache_dir=str(out / "cache" / "latents"), max_text_tokens=128, device=device, log_every=25,
@@ -178,11 +270,50 @@ def stage_dit(out: Path, r: Recipe, seed: int, device: str, which: str, override
     return train_dit(cfg)
 
 
-def stage_final(out: Path, r: Recipe) -> Path:
+def newest_checkpoint(run: Path) -> Path | None:
+    ck = sorted(p for p in (run / "checkpoints").glob("step-*") if (p / "manifest.json").is_file())
+    return ck[-1] if ck else None
+
+
+def stage_final(out: Path, r: Recipe, from_checkpoint: bool = False) -> Path:
+    """Released layout in ``OUT/final`` from the stage-2 export (EMA weights when present). ``from_checkpoint``:
+    use the newest complete stage-2 checkpoint instead (a run stopped before its last step; EMA when saved)."""
+    from safetensors.torch import load_file
+
+    from thinkgen.models.dit import ThinkGenTransformer2DModel
     from thinkgen.pipeline import ThinkGenPipeline
 
-    pipe = ThinkGenPipeline.from_pretrained(out / "dit2" / "final")
-    pipe = ThinkGenPipeline(pipe.mllm, pipe.transformer, pipe.vae, pipe.scheduler, name="thinkgen-nano")
+    base = ThinkGenPipeline.from_pretrained(out / "dit1" / "final")
+    vision = out / "mllm" / "vision"
+    if (vision / "mllm").is_dir():      # vision-tower-only stage: same language model, better eyes
+        from thinkgen.mllm import ThinkGenMLLM
+
+        vm = ThinkGenMLLM.from_pretrained(vision / "mllm", vision / "processor")
+        lm_old = {k: v for k, v in base.mllm.model.state_dict().items() if ".visual." not in f".{k}"}
+        lm_new = {k: v for k, v in vm.model.state_dict().items() if ".visual." not in f".{k}"}
+        if any(not torch.equal(lm_old[k], lm_new[k]) for k in lm_old):
+            raise SystemExit("the vision stage changed language-model weights; refusing to mix it with the DiT")
+        base = ThinkGenPipeline(vm, base.transformer, base.vae, base.scheduler)
+    src = out / "dit2" / "final"
+    if from_checkpoint or not (src / "transformer").is_dir():
+        ck = newest_checkpoint(out / "dit2")
+        if ck is None:
+            raise SystemExit(f"no stage-2 export or checkpoint under {out / 'dit2'}")
+        _log(f"final: from checkpoint {ck}")
+        dit = ThinkGenTransformer2DModel.from_pretrained(ck / "transformer")
+        ema = ck / "trainer_state" / "ema.safetensors"
+        if ema.is_file():
+            state = dit.state_dict()
+            state.update(load_file(str(ema)))
+            dit.load_state_dict(state, strict=True)
+    else:
+        sub = "transformer_ema" if (src / "transformer_ema").is_dir() else "transformer"
+        dit = ThinkGenTransformer2DModel.from_pretrained(src / sub)
+    dit = dit.eval().requires_grad_(False)
+    from thinkgen.nano.models import build_processor, sizes
+
+    base.mllm.processor = build_processor(base.mllm.processor.tokenizer, sizes(r.sizes))  # SFT image size
+    pipe = ThinkGenPipeline(base.mllm, dit, base.vae, base.scheduler, name="thinkgen-nano")
     pipe.save_pretrained(out / "final")
     write_defaults(out / "final", r)
     return out / "final"
@@ -223,6 +354,8 @@ def main(argv=None) -> int:
     p.add_argument("--set", dest="sets", action="append", default=[],
                    help="override a recipe field (mllm_steps=100) or a trainer field (dit2.lr=1e-3)")
     p.add_argument("--skip-eval", action="store_true")
+    p.add_argument("--final-from-checkpoint", action="store_true",
+                   help="build final/ from the newest stage-2 checkpoint (after stopping stage 2 early)")
     a = p.parse_args(argv)
     rset, tset = _parse_sets(a.sets)
     r = replace(RECIPES[a.preset], **rset)
@@ -272,9 +405,11 @@ def main(argv=None) -> int:
         _mark(out, "vae", {"seconds": times["vae"], "result": str(out / "vae" / "vae")})
         _log(f"vae: finished in {times['vae']} s")
         torch.set_num_threads(a.threads or os.cpu_count() or 1)
+    run("mllm2", lambda: stage_mllm2(out, r, a.seed, a.device, tset))
+    run("vision", lambda: stage_vision(out, r, a.seed, a.device))
     run("dit1", lambda: stage_dit(out, r, a.seed, a.device, "dit1", tset))
     run("dit2", lambda: stage_dit(out, r, a.seed, a.device, "dit2", tset))
-    run("final", lambda: stage_final(out, r))
+    run("final", lambda: stage_final(out, r, a.final_from_checkpoint))
     if "final" in want and (out / "final").is_dir():
         _log(f"final checkpoint {out / 'final'}: {checkpoint_mb(out / 'final'):.1f} MB")
 
