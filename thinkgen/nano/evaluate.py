@@ -121,7 +121,8 @@ def markdown(summary: dict, meta: dict) -> str:
     lines = [f"# ThinkGen-Nano evaluation", "",
              f"Command: `{meta['command']}`  ",
              f"Model: `{meta['model']}`; machine: {meta['machine']}; date: {meta['date']}; "
-             f"{meta['n_per_family']} held-out prompts per family x {meta['seeds']} seeds; "
+             f"{meta['n_per_family']} held-out prompts per family ({meta['n_composition']} composition) x "
+             f"{meta['seeds']} seeds; "
              f"{meta['steps']} Euler steps, text CFG {meta['text_guidance']}, image CFG {meta['image_guidance']}; "
              f"eval time {meta['seconds']} s.", "",
              "| family | category | think off | think on |", "| --- | --- | --- | --- |"]
@@ -197,7 +198,8 @@ def evaluate(args) -> dict:
     fams = [f for f in (args.families.split(",") if args.families else FAMILIES)]
     records: list[dict] = []
     for fam in fams:
-        samples = generate(fam, args.n_per_family, seed=EVAL_SEED, split="heldout")
+        n = args.n_composition if fam == "composition" and args.n_composition else args.n_per_family
+        samples = generate(fam, n, seed=EVAL_SEED, split="heldout")
         tf = time.time()
         if fam == "understanding":
             records += run_understanding(pipe, samples)
@@ -210,7 +212,7 @@ def evaluate(args) -> dict:
             "machine": f"{platform.machine()} {os.cpu_count()} CPU cores, torch {torch.__version__}, "
                        f"{'cuda' if str(args.device).startswith('cuda') else 'cpu'}",
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seeds": args.seeds,
-            "n_per_family": args.n_per_family, "steps": args.steps or d.get("num_inference_steps", 20),
+            "n_per_family": args.n_per_family, "n_composition": args.n_composition or args.n_per_family, "steps": args.steps or d.get("num_inference_steps", 20),
             "text_guidance": args.text_guidance, "image_guidance": args.image_guidance,
             "seconds": round(time.time() - t0, 1)}
     clean = [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
@@ -231,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (results.json, results.md, grid.png)")
     p.add_argument("--seeds", type=int, default=4, help="noise seeds per prompt")
     p.add_argument("--n-per-family", type=int, default=24, help="held-out prompts per family")
+    p.add_argument("--n-composition", type=int, default=0,
+                   help="held-out composition prompts (default: --n-per-family); 7 categories, round robin")
     p.add_argument("--families", default="", help="comma list (default: all)")
     p.add_argument("--think", default="off,on", help="think modes to run: off,on")
     p.add_argument("--steps", type=int, default=0, help="Euler steps (default: the model's)")

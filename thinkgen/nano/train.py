@@ -1,22 +1,27 @@
-"""Train ThinkGen-Nano from scratch: data -> VAE -> MLLM SFT -> DiT stage 1 -> DiT stage 2 -> released layout -> eval.
+"""Train ThinkGen-Nano from scratch: data -> VAE || MLLM SFT -> vision tower -> DiT stage 1 -> DiT stage 2 -> final.
 
     thinkgen train nano --out runs/nano [--preset smoke|quick|full] [--device cpu|cuda] [--jobs 2]
-                        [--set KEY=VALUE ...] [--skip-eval]
+                        [--set KEY=VALUE ...] [--skip-eval] [--stages a,b,...] [--final-from-checkpoint]
 
 Every stage writes into ``OUT/<stage>/`` and a ``OUT/<stage>.done`` marker; a rerun skips finished stages (and the
 project trainers resume unfinished ones from their last checkpoint). Stages:
 
-1. ``data``  - ``thinkgen.nano.data.write_datasets``: SFT + DiT JSONL (train split only) and rendered images.
-2. ``vae``   - ``thinkgen.nano.vae_train``: AutoencoderKL x4 on rendered scenes, scale / shift from latent stats.
+1. ``data``   - ``thinkgen.nano.data.write_datasets``: SFT + DiT JSONL (train split only) and rendered images.
+2. ``vae``    - ``thinkgen.nano.vae_train``: AutoencoderKL x4 on rendered scenes, scale / shift from latent stats.
    With ``--jobs 2`` it runs in a subprocess on one thread while the MLLM SFT uses the other.
-3. ``mllm``  - tokenizer (``models.build_nano_tokenizer``) + random tiny Qwen3-VL, then the project's MLLM SFT
-   (``thinkgen.train.mllm_sft.train_mllm``, vision tower trained too).
-4. ``dit1``  - the project's DiT trainer, paper stage 1: connector (caption embedder) + prepad states only,
+3. ``mllm``   - tokenizer (``models.build_nano_tokenizer``) + random tiny Qwen3-VL, then the project's MLLM SFT
+   (``thinkgen.train.mllm_sft.train_mllm``, vision tower trained too); ``mllm2``: a second SFT phase (fresh
+   warm-up + cosine) from the first.
+4. ``vision`` - the vision tower alone (language model frozen) on the image-input SFT records. The DiT's features
+   are text-only no-think features, so they are unchanged by this stage (``stage_final`` checks it).
+5. ``dit1``   - the project's DiT trainer, paper stage 1: connector (caption embedder) + prepad states only,
    pseudo-CoT no-think features of the frozen SFT MLLM.
-5. ``dit2``  - paper stage 2: the whole DiT on the same pseudo-CoT data (composition, reasoning targets, text,
-   editing and reflection with references), CFG dropout.
-6. ``final`` - ``ThinkGenPipeline.save_pretrained`` in the released layout, ``thinkgen_defaults`` in model_index.json.
-7. ``eval``  - ``thinkgen.nano.evaluate`` on held-out prompts (small; the full table is a separate command).
+6. ``dit2``   - paper stage 2: the whole DiT on the same pseudo-CoT data (composition, reasoning targets, text,
+   editing and reflection with references), CFG dropout, EMA; ``dit3``: an optional continuation of stage 2 from
+   its EMA weights (fresh warm-up + cosine).
+7. ``final``  - ``ThinkGenPipeline.save_pretrained`` in the released layout (EMA transformer, vision-stage MLLM, the
+   processor at the SFT image size), ``thinkgen_defaults`` in model_index.json.
+8. ``eval``   - ``thinkgen.nano.evaluate`` on held-out prompts (small; the full table is a separate command).
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-STAGES = ("data", "vae", "mllm", "mllm2", "vision", "dit1", "dit2", "final", "eval")
+STAGES = ("data", "vae", "mllm", "mllm2", "vision", "dit1", "dit2", "dit3", "final", "eval")
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,8 @@ class Recipe:
     dit1_lr: float
     dit2_lr: float
     dit2_ema: float = 0.998
+    dit3_steps: int = 0          # optional continuation of stage 2 from its EMA weights (fresh warm-up + cosine)
+    dit3_lr: float = 4e-4
     mllm2_steps: int = 0         # second SFT phase (fresh warm-up + cosine) continuing from the first
     mllm2_lr: float = 1.5e-3
     vision_steps: int = 0        # vision-tower-only SFT on the image-input records (language model frozen)
@@ -62,16 +69,18 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "smoke": Recipe("smoke", n_sft=24, n_dit=24, vae_steps=2, vae_batch=2, mllm_steps=2, mllm_batch=2, mllm_lr=1e-3,
-                    mllm2_steps=2, vision_steps=2,
+                    mllm2_steps=2, vision_steps=2, dit3_steps=2,
                     dit1_steps=2, dit2_steps=2, dit_batch=2, dit1_lr=1e-3, dit2_lr=1e-3, sample_steps=2, eval_n=2,
                     eval_seeds=1),
-    # what fits about 45 minutes of a shared 2-core CPU (the shipped checkpoint)
+    # the shipped checkpoint: about 85 min of wall time on a shared 2-core CPU (VAE next to the MLLM SFT)
     "quick": Recipe("quick", n_sft=6000, n_dit=6000, vae_steps=800, vae_batch=16, mllm_steps=700, mllm_batch=16,
                     mllm_lr=2e-3, dit1_steps=100, dit2_steps=4000, dit_batch=16, dit1_lr=2e-3, dit2_lr=1e-3,
-                    mllm2_steps=1600, vision_steps=1000),
-    # the <= 2 h recipe on 2 dedicated cores
+                    mllm2_steps=1600, vision_steps=1000, dit3_steps=2400),
+    # bigger DiT and longer schedules, for a GPU or dedicated cores (NOT measured on the 2-core box; quick is the
+    # measured <= 2 h CPU recipe: about 85 min of wall time there)
     "full": Recipe("full", n_sft=12000, n_dit=12000, vae_steps=1200, vae_batch=16, mllm_steps=1800, mllm_batch=16,
-                   mllm_lr=2e-3, dit1_steps=200, dit2_steps=2400, dit_batch=16, dit1_lr=2e-3, dit2_lr=1e-3),
+                   mllm_lr=2e-3, dit1_steps=200, dit2_steps=6000, dit_batch=16, dit1_lr=2e-3, dit2_lr=1e-3,
+                   mllm2_steps=2000, vision_steps=1500, dit3_steps=3000),
 }
 
 
@@ -254,17 +263,26 @@ def stage_dit(out: Path, r: Recipe, seed: int, device: str, which: str, override
     from thinkgen.train.config import stage1, stage2
     from thinkgen.train.dit_trainer import train_dit
 
-    model_dir = assemble_base(out, r, seed) if which == "dit1" else out / "dit1" / "final"
-    steps = r.dit1_steps if which == "dit1" else r.dit2_steps
+    if which == "dit1":
+        model_dir = assemble_base(out, r, seed)
+    elif which == "dit2":
+        model_dir = out / "dit1" / "final"
+    else:   # dit3 continues from the stage-2 result in the released layout (EMA transformer)
+        model_dir = out / "dit3_base"
+        if not (model_dir / "model_index.json").is_file():
+            tmp = stage_final(out, r, dest=out / ".dit3_base.tmp", source="dit2")
+            os.replace(tmp, model_dir)
+    steps = {"dit1": r.dit1_steps, "dit2": r.dit2_steps, "dit3": r.dit3_steps}[which]
     preset = stage1 if which == "dit1" else stage2
     cfg = preset(**{**dict(
         model_dir=str(model_dir), data=[str(out / "data" / "dit.jsonl")], output_dir=str(out / which), seed=seed,
-        lr=r.dit1_lr if which == "dit1" else r.dit2_lr, warmup_steps=max(1, min(50, steps // 10)),
+        lr={"dit1": r.dit1_lr, "dit2": r.dit2_lr, "dit3": r.dit3_lr}[which], warmup_steps=max(1, min(50, steps // 10)),
         lr_schedule="constant" if which == "dit1" else "cosine", min_lr_ratio=0.05, max_steps=steps,
         ema_decay=0.0 if which == "dit1" else r.dit2_ema,
         batch_size=r.dit_batch, weight_decay=0.0, max_output_pixels=64 * 64, max_input_pixels=[64 * 64],
-        prompt_dropout_prob=0.1, ref_dropout_prob=0.5, feature_cache_dir=str(out / "cache" / "features"),
-        latent_cache_dir=str(out / "cache" / "latents"), max_text_tokens=128, device=device, log_every=25,
+        prompt_dropout_prob=0.1, ref_dropout_prob=0.5,
+        feature_cache_dir=str(out / "cache" / ("features_dit3" if which == "dit3" else "features")),
+        latent_cache_dir=str(out / "cache" / ("latents_dit3" if which == "dit3" else "latents")), max_text_tokens=128, device=device, log_every=25,
         save_every=100, keep_last=2, shuffle_buffer=2000, export_full_model=True),
         **overrides.get(which, {})})
     return train_dit(cfg)
@@ -275,7 +293,8 @@ def newest_checkpoint(run: Path) -> Path | None:
     return ck[-1] if ck else None
 
 
-def stage_final(out: Path, r: Recipe, from_checkpoint: bool = False) -> Path:
+def stage_final(out: Path, r: Recipe, from_checkpoint: bool = False, dest: Path | None = None,
+                source: str | None = None) -> Path:
     """Released layout in ``OUT/final`` from the stage-2 export (EMA weights when present). ``from_checkpoint``:
     use the newest complete stage-2 checkpoint instead (a run stopped before its last step; EMA when saved)."""
     from safetensors.torch import load_file
@@ -294,11 +313,13 @@ def stage_final(out: Path, r: Recipe, from_checkpoint: bool = False) -> Path:
         if any(not torch.equal(lm_old[k], lm_new[k]) for k in lm_old):
             raise SystemExit("the vision stage changed language-model weights; refusing to mix it with the DiT")
         base = ThinkGenPipeline(vm, base.transformer, base.vae, base.scheduler)
-    src = out / "dit2" / "final"
+    if source is None:
+        source = "dit3" if r.dit3_steps > 0 and (out / "dit3").is_dir() else "dit2"
+    src = out / source / "final"
     if from_checkpoint or not (src / "transformer").is_dir():
-        ck = newest_checkpoint(out / "dit2")
+        ck = newest_checkpoint(out / source)
         if ck is None:
-            raise SystemExit(f"no stage-2 export or checkpoint under {out / 'dit2'}")
+            raise SystemExit(f"no export or checkpoint under {out / source}")
         _log(f"final: from checkpoint {ck}")
         dit = ThinkGenTransformer2DModel.from_pretrained(ck / "transformer")
         ema = ck / "trainer_state" / "ema.safetensors"
@@ -314,9 +335,10 @@ def stage_final(out: Path, r: Recipe, from_checkpoint: bool = False) -> Path:
 
     base.mllm.processor = build_processor(base.mllm.processor.tokenizer, sizes(r.sizes))  # SFT image size
     pipe = ThinkGenPipeline(base.mllm, dit, base.vae, base.scheduler, name="thinkgen-nano")
-    pipe.save_pretrained(out / "final")
-    write_defaults(out / "final", r)
-    return out / "final"
+    dest = dest or out / "final"
+    pipe.save_pretrained(dest)
+    write_defaults(dest, r)
+    return dest
 
 
 def checkpoint_mb(root: Path) -> float:
@@ -409,6 +431,7 @@ def main(argv=None) -> int:
     run("vision", lambda: stage_vision(out, r, a.seed, a.device))
     run("dit1", lambda: stage_dit(out, r, a.seed, a.device, "dit1", tset))
     run("dit2", lambda: stage_dit(out, r, a.seed, a.device, "dit2", tset))
+    run("dit3", lambda: stage_dit(out, r, a.seed, a.device, "dit3", tset) if r.dit3_steps > 0 else None)
     run("final", lambda: stage_final(out, r, a.final_from_checkpoint))
     if "final" in want and (out / "final").is_dir():
         _log(f"final checkpoint {out / 'final'}: {checkpoint_mb(out / 'final'):.1f} MB")
