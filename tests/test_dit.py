@@ -480,3 +480,32 @@ def test_bad_inputs(model):
               ref_latents=[[torch.randn(16, 6, 2)], []])
     with torch.no_grad():
         assert model(**{**base, **ok}).shape == lat.shape
+
+
+def test_varlen_attention_matches_sdpa_on_valid_rows():
+    """The flash-attn varlen path (exercised here with an SDPA stand-in kernel) equals the padded SDPA path."""
+    import torch.nn.functional as F
+
+    from thinkgen.models.dit import sdpa_key_padding, varlen_attention
+
+    def fake_varlen(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, softmax_scale, causal):
+        outs = []
+        for i in range(len(cu_q) - 1):
+            a, b = int(cu_q[i]), int(cu_q[i + 1])
+            qi, ki, vi = (t[a:b].transpose(0, 1)[None] for t in (q, k, v))  # (1, heads, L, d)
+            g = qi.shape[1] // ki.shape[1]
+            ki, vi = ki.repeat_interleave(g, 1), vi.repeat_interleave(g, 1)
+            outs.append(F.scaled_dot_product_attention(qi, ki, vi, scale=softmax_scale)[0].transpose(0, 1))
+        return torch.cat(outs)
+
+    g = torch.Generator().manual_seed(0)
+    B, H, KV, S, d = 3, 4, 2, 7, 8
+    q = torch.randn(B, H, S, d, generator=g)
+    k = torch.randn(B, KV, S, d, generator=g)
+    v = torch.randn(B, KV, S, d, generator=g)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5], dtype=torch.bool)
+    ref = sdpa_key_padding(q, k, v, mask)
+    out = varlen_attention(q, k, v, mask, attn_fn=fake_varlen)
+    valid = mask[:, None, :, None].expand_as(ref)
+    assert torch.allclose(out[valid], ref[valid], atol=1e-6)
+    assert (out[~valid] == 0).all()

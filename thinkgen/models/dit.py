@@ -97,6 +97,46 @@ def unpatchify(x: torch.Tensor, p: int, h: int, w: int) -> torch.Tensor:
     return x.reshape(B, C, h * p, w * p)  # (B, C, H, W)
 
 
+try:  # optional: flash-attn's varlen kernel (GQA-native, no compute on padding); never required
+    from flash_attn import flash_attn_varlen_func as _FLASH_VARLEN
+except Exception:  # noqa: BLE001 - missing or broken install both mean "not available"
+    _FLASH_VARLEN = None
+
+
+def flash_available(q: torch.Tensor) -> bool:
+    """flash-attn is used when installed, on CUDA, in fp16/bf16, unless THINKGEN_DISABLE_FLASH_ATTN=1."""
+    return (_FLASH_VARLEN is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+            and os.environ.get("THINKGEN_DISABLE_FLASH_ATTN", "0") != "1")
+
+
+def varlen_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None, attn_fn=None
+) -> torch.Tensor:
+    """Unpadded attention through a flash-attn-style varlen kernel.
+
+    q (B, H, S, d), k/v (B, KV, S, d), key_mask (B, S) bool. Valid tokens of every sample are gathered into one
+    packed sequence (N, H, d) with cumulative lengths; queries at padded positions are not computed and come
+    back as zeros (the caller discards them). K/V keep their KV heads (the kernel handles GQA). Returns
+    (B, H, S, d). ``attn_fn`` defaults to ``flash_attn_varlen_func``.
+    """
+    attn_fn = attn_fn or _FLASH_VARLEN
+    B, H, S, d = q.shape
+    KV = k.shape[1]
+    if key_mask is None:
+        key_mask = torch.ones(B, S, dtype=torch.bool, device=q.device)
+    lens = key_mask.sum(dim=1, dtype=torch.int32)  # (B,)
+    cu = F.pad(lens.cumsum(0, dtype=torch.int32), (1, 0))  # (B + 1,)
+    idx = key_mask.reshape(-1).nonzero().squeeze(1)  # (N,)
+    qu = q.transpose(1, 2).reshape(B * S, H, d)[idx]  # (N, H, d)
+    ku = k.transpose(1, 2).reshape(B * S, KV, d)[idx]  # (N, KV, d)
+    vu = v.transpose(1, 2).reshape(B * S, KV, d)[idx]  # (N, KV, d)
+    max_len = int(lens.max()) if B else 0
+    out_u = attn_fn(qu, ku, vu, cu, cu, max_len, max_len, dropout_p=0.0, softmax_scale=d ** -0.5, causal=False)
+    out = q.new_zeros(B * S, H, d)
+    out[idx] = out_u.to(q.dtype)
+    return out.view(B, S, H, d).transpose(1, 2)  # (B, H, S, d)
+
+
 def sdpa_key_padding(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None
 ) -> torch.Tensor:
@@ -147,7 +187,10 @@ class ThinkGenAttention(nn.Module):
         q = apply_rope(self.norm_q(q), cos, sin).transpose(1, 2)  # (B, H, S, d)
         k = apply_rope(self.norm_k(k), cos, sin).transpose(1, 2)  # (B, KV, S, d)
         v = v.transpose(1, 2)  # (B, KV, S, d)
-        out = sdpa_key_padding(q, k, v, key_mask)  # (B, H, S, d)
+        if flash_available(q):
+            out = varlen_attention(q, k, v, key_mask)  # (B, H, S, d), padded query rows are zeros
+        else:
+            out = sdpa_key_padding(q, k, v, key_mask)  # (B, H, S, d)
         out = out.transpose(1, 2).reshape(B, S, self.heads * self.head_dim)  # (B, S, D)
         return self.to_out[1](self.to_out[0](out))
 
