@@ -168,6 +168,13 @@ def train_mllm(cfg: MLLMSFTConfig) -> Path:
     optimizer, scheduler = make_optimizer([p for _, p in trainable], cfg)
     mixture = build_mixture([(s.path, s.ratio) for s in cfg.data], rank=dinfo.rank, world_size=dinfo.world_size,
                             seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, purpose="mllm")
+    if cfg.max_image_pixels < processor.min_pixels:
+        # the processor would upscale to min_pixels at inference but SFT images would be shrunk below it:
+        # the model would train on a different number of visual tokens than think()/chat() give it
+        raise ConfigError(
+            f"max_image_pixels={cfg.max_image_pixels} is below the processor's min_pixels={processor.min_pixels}; "
+            f"SFT would see other image sizes than inference. Set max_image_pixels >= {processor.min_pixels}."
+        )
     data = SFTBatcher(mixture, cfg.batch_size, max_image_pixels=cfg.max_image_pixels)
 
     def weights_state() -> dict[str, torch.Tensor]:
