@@ -48,7 +48,11 @@ def read_safetensors_folder(folder: Path, prefix: str) -> dict[str, torch.Tensor
 
 
 def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
-    """Raise CheckpointError unless ``state`` matches ``model`` key for key and shape for shape."""
+    """Raise CheckpointError unless ``state`` matches ``model`` key for key and shape for shape.
+
+    ``model`` may live on the meta device (only names and shapes are read). The message lists the missing keys,
+    unexpected keys and shape mismatches (20 of each at most).
+    """
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -58,14 +62,12 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], whe
         if tuple(state[k].shape) != tuple(expected[k].shape)
     ]
     if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {', '.join(missing[:20])}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:20])}")
-        if mismatched:
-            parts.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched[:20])}")
-        raise CheckpointError(f"{where} does not match the model config: " + " | ".join(parts))
+        lines = [f"{where}: checkpoint does not match {type(model).__name__}(config.json)"]
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+            if items:
+                shown = ", ".join(items[:20]) + (f", ... ({len(items) - 20} more)" if len(items) > 20 else "")
+                lines.append(f"  {len(items)} {title}: {shown}")
+        raise CheckpointError("\n".join(lines))
 
 
 def load_vae_strict(folder: Path, dtype: torch.dtype | None = None):

@@ -35,6 +35,7 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
 from thinkgen.errors import CheckpointError, ConfigError, InvalidInputError
+from thinkgen.loading import check_state_dict
 from thinkgen.models.rope import ThinkGenRotaryPosEmbed, apply_rope, build_position_ids
 
 logger = logging.getLogger(__name__)
@@ -658,23 +659,8 @@ class ThinkGenTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         except (ConfigError, TypeError, ValueError) as e:
             raise CheckpointError(f"{config_file}: invalid config ({e})") from e
 
+        check_state_dict(model, state, str(folder))
         expected = model.state_dict()  # meta tensors: names, shapes, dtypes
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        mismatched = [
-            f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-            for k in sorted(set(expected) & set(state))
-            if tuple(state[k].shape) != tuple(expected[k].shape)
-        ]
-        if missing or unexpected or mismatched:
-            lines = [f"{folder}: checkpoint does not match {cls.__name__}(config.json)"]
-            problems = (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched))
-            for title, items in problems:
-                if items:
-                    shown = ", ".join(items[:20]) + (f", ... ({len(items) - 20} more)" if len(items) > 20 else "")
-                    lines.append(f"  {len(items)} {title}: {shown}")
-            raise CheckpointError("\n".join(lines))
-
         state = {
             k: (t.to(target_dtype) if expected[k].is_floating_point() else t.to(expected[k].dtype))
             for k, t in state.items()
