@@ -80,6 +80,27 @@ def test_datasets_are_valid_jsonl(tmp_path):
         assert r["task_type"] in ("t2i", "edit", "understanding")
 
 
+def test_dit_think_records_and_family_mix(tmp_path):
+    """``think_fraction`` writes ``condition: think`` DiT records (user prompt + teacher-forced thought + the
+    canonical instruction); ``dit_mix`` sets the family weights; the default call is unchanged by the option."""
+    from thinkgen.nano.data import write_datasets
+    from thinkgen.train.data import validate_jsonl
+
+    a = write_datasets(tmp_path / "a", 8, 60, seed=3)
+    b = write_datasets(tmp_path / "b", 8, 60, seed=3, think_fraction=0.0)
+    assert a["dit"].read_text() == b["dit"].read_text()
+    c = write_datasets(tmp_path / "c", 8, 60, seed=3, dit_mix={"text": 1.0, "editing": 1.0}, think_fraction=0.5)
+    assert validate_jsonl(c["dit"], purpose="dit") == []
+    recs = [json.loads(x) for x in c["dit"].read_text().splitlines()]
+    assert {r["family"] for r in recs} <= {"text", "editing", "negative"}
+    think = [r for r in recs if r.get("condition") == "think"]
+    assert 0 < len(think) < len(recs)
+    for r in think:
+        assert r["prompt"] and r["think"].endswith(".") and not r["instruction"].startswith("\n")
+    with pytest.raises(ValueError, match="think_fraction"):
+        write_datasets(tmp_path / "d", 8, 8, think_fraction=1.5)
+
+
 def test_train_nano_smoke_every_stage_then_eval(tmp_path):
     """`thinkgen train nano --preset smoke`: every stage runs 2 steps on tiny sizes, in the released layout,
     resumable (a rerun skips every stage), then the eval writes JSON, markdown and a grid on 2 samples per family."""

@@ -438,3 +438,21 @@ def test_nano_source_end_to_end(tiny_ckpt, tmp_path):
     evals = [r for r in lines if "eval/overall" in r]
     assert len(evals) == 3 and {"eval/reasoning", "eval/editing", "eval/text"} <= set(evals[0])
     assert ThinkGenPipeline.from_pretrained(final).transformer is not None
+
+
+def test_nano_category_scenarios():
+    """A nano scenario may name one category ("composition/counting"): its prompts are only that category, the
+    scenario is the name given, and an unknown family or category is refused naming it."""
+    from thinkgen.rl.rollout import nano_prompt_items
+
+    items = nano_prompt_items(["composition/counting", "editing"], "heldout", 4, seed=0)
+    counting = [it for it in items if it.scenario == "composition/counting"]
+    assert len(counting) == 4 and all(it.meta["sample"].category == "counting" for it in counting)
+    assert {it.meta["sample"].category for it in items if it.scenario == "editing"} and \
+        all(it.images for it in items if it.scenario == "editing")
+    with pytest.raises(ConfigError, match="counting_stars"):
+        nano_prompt_items(["composition/counting_stars"], "train", 1, seed=0)
+    with pytest.raises(ConfigError, match="understanding"):
+        nano_prompt_items(["understanding/count"], "train", 1, seed=0)
+    with pytest.raises(ConfigError, match="counting_stars"):
+        load_config(CONFIGS / "sepgrpo_nano.yaml", ["--nano_families={composition/counting_stars: 1.0}"])

@@ -143,3 +143,36 @@ def test_torchrun_two_processes_gloo(assets, tmp_path, strategy, extra):
     assert proc.returncode == 0, proc.stderr[-3000:]
     verify_manifest(out / "final")
     ThinkGenMLLM.from_pretrained(out / "final" / "mllm", out / "final" / "processor")
+
+
+def test_per_sample_loss_matches_hand_computation():
+    """loss_reduction="sample": each sample's supervised tokens are averaged first, so a one-token answer weighs
+    as much as a long trace; with equal token counts it equals HF's token mean."""
+    from thinkgen.train.mllm_sft import per_sample_lm_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 6, 11, generator=g)
+    labels = torch.full((2, 6), -100)
+    labels[0, 1:5] = torch.tensor([1, 2, 3, 4])      # 4 supervised tokens
+    labels[1, 5] = 7                                   # 1 supervised token
+    ce = torch.nn.functional.cross_entropy
+    want0 = ce(logits[0, 0:4], labels[0, 1:5])
+    want1 = ce(logits[1, 4:5], labels[1, 5:6])
+    assert torch.allclose(per_sample_lm_loss(logits, labels), (want0 + want1) / 2)
+    eq = labels.clone()
+    eq[1, 2:5] = torch.tensor([1, 2, 3])               # now 4 tokens each: sample mean == token mean
+    token_mean = ce(logits[:, :-1].reshape(-1, 11), eq[:, 1:].reshape(-1), ignore_index=-100)
+    assert torch.allclose(per_sample_lm_loss(logits, eq), token_mean)
+    empty = torch.full((2, 6), -100)
+    assert per_sample_lm_loss(logits, empty).item() == 0.0
+
+
+def test_sample_loss_reduction_trains_and_bad_value_is_refused(assets, tmp_path):
+    from thinkgen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="loss_reduction"):
+        cfg_for(assets, tmp_path / "bad", loss_reduction="mean")
+    cfg = cfg_for(assets, tmp_path / "run", max_steps=15, save_every=0, lr=1e-2, loss_reduction="sample")
+    train_mllm(cfg)
+    losses = [json.loads(l)["train/loss"] for l in (tmp_path / "run" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3, losses

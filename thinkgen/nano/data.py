@@ -66,10 +66,15 @@ def sft_record(s: Sample, store: _ImageStore) -> dict:
     return rec
 
 
-def dit_record(s: Sample, store: _ImageStore, prefix: str = "") -> dict:
+def dit_record(s: Sample, store: _ImageStore, prefix: str = "", think: bool = False) -> dict:
+    """One DiT pair. ``think``: a ``condition: think`` record -- the frozen MLLM encodes the user's prompt and the
+    teacher-forced ``<think>...</think>\n\n{instruction}`` turn, i.e. the features the painter sees with think on."""
     rec = {"task_type": TASK[s.family], "instruction": prefix + s.instruction, "family": s.family,
            "category": s.category,
            "output_image": store.put("scene:" + s.target_scene().signature(), s.target_image())}
+    if think:
+        rec.update(instruction=s.instruction, condition="think", prompt=s.prompt,
+                   think=s.think or normalise_text(f"so {s.instruction} ."))
     if s.input_scene is not None:
         rec["input_images"] = [store.put("scene:" + s.input_scene.signature(), s.input_image())]
     return rec
@@ -81,8 +86,15 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def write_datasets(folder: str | os.PathLike, n_sft: int, n_dit: int, seed: int = 0) -> dict[str, Path]:
-    """Write ``sft.jsonl`` and ``dit.jsonl`` (+ images) into ``folder``; returns their paths."""
+def write_datasets(folder: str | os.PathLike, n_sft: int, n_dit: int, seed: int = 0,
+                   dit_mix: dict[str, float] | None = None, think_fraction: float = 0.0) -> dict[str, Path]:
+    """Write ``sft.jsonl`` and ``dit.jsonl`` (+ images) into ``folder``; returns their paths.
+
+    ``dit_mix``: family weights of the DiT pairs (default ``DIT_MIX``); ``think_fraction``: the share of DiT pairs
+    written as ``condition: think`` records (the rest alternate between the pseudo-CoT forms with and without the
+    ``"\n\n"`` prefix)."""
+    if not 0.0 <= think_fraction <= 1.0:
+        raise ValueError(f"think_fraction must be in [0, 1], got {think_fraction}")
     from thinkgen.mllm import DEFAULT_NEGATIVE_PROMPT
 
     folder = Path(folder)
@@ -94,9 +106,11 @@ def write_datasets(folder: str | os.PathLike, n_sft: int, n_dit: int, seed: int 
         sft += [sft_record(s, store) for s in generate(fam, n, seed=seed, split="train")]
     rng.shuffle(sft)
     dit: list[dict] = []
-    for fam, n in _counts(n_dit, DIT_MIX).items():
+    think_rng = random.Random(seed + 7)
+    for fam, n in _counts(n_dit, dit_mix or DIT_MIX).items():
         for i, s in enumerate(generate(fam, n, seed=seed + 1, split="train")):
-            dit.append(dit_record(s, store, "\n\n" if i % 2 else ""))
+            think = think_fraction > 0 and think_rng.random() < think_fraction
+            dit.append(dit_record(s, store, "\n\n" if i % 2 else "", think=think))
     neg_targets = [r for r in dit if r["task_type"] == "t2i"]
     for r in rng.sample(neg_targets, max(1, int(NEGATIVE_FRACTION * len(dit)))):
         dit.append({"task_type": "t2i", "instruction": DEFAULT_NEGATIVE_PROMPT, "family": "negative",

@@ -324,6 +324,14 @@ class SepGRPOConfig:
                        "e.g. nano_families: {reasoning: 1.0, composition: 1.0}")
         _check_weights("scenario_weights", self.scenario_weights)
         _check_weights("nano_families", self.nano_families)
+        if self.prompt_source == "nano":
+            from .rollout import nano_scenario
+
+            for name in self.nano_families:
+                try:
+                    nano_scenario(name)
+                except ConfigError as e:
+                    raise _bad("nano_families", name, str(e), "e.g. nano_families: {composition/counting: 1.0}")
         for name, w in list(self.scenario_weights.items()) + list(self.nano_families.items()):
             if w < 0:
                 raise _bad(name, w, "mixture weights must be >= 0", "use 0 to leave a scenario out")

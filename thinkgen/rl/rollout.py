@@ -35,7 +35,7 @@ from .rewards import MissingDependencyError, register_reward
 
 __all__ = [
     "PromptItem", "TextRollout", "ImageRollout", "derive_seed",
-    "load_jsonl_prompts", "nano_prompt_items", "PromptMixture",
+    "load_jsonl_prompts", "nano_prompt_items", "nano_scenario", "PromptMixture",
     "latent_shape", "initial_noise", "reference_latents", "negative_conditions", "decode_images", "render",
     "FrozenReference", "adapters_disabled", "plan_micro_batches", "NanoReward",
 ]
@@ -103,25 +103,40 @@ def load_jsonl_prompts(path: str | Path) -> list[PromptItem]:
 NANO_IMAGE_FAMILIES = ("composition", "reasoning", "text", "editing", "reflection")
 
 
-def nano_prompt_items(families: Sequence[str], split: str, per_family: int, seed: int) -> list[PromptItem]:
-    """Prompts of the ThinkGen-Nano families (``thinkgen.nano.prompts.generate``), scenario = family name.
+def nano_scenario(name: str) -> tuple[str, tuple[str, ...] | None]:
+    """``"family"`` or ``"family/category"`` -> (family, categories or None); ConfigError naming the fix."""
+    from ..nano import prompts as nano_prompts
 
-    The input image (editing, reflection) is the sample's rendered ``input_scene``; the sample itself goes to
-    ``meta["sample"]`` for the ``nano`` / ``nano_correct`` rewards. Only image-producing families can be used
-    (understanding answers in text).
+    fam, _, cat = name.partition("/")
+    if fam not in NANO_IMAGE_FAMILIES:
+        raise ConfigError(f"nano scenario {name!r}: family {fam!r} cannot be trained by SepGRPO (it rewards images); "
+                          f"use one of {NANO_IMAGE_FAMILIES}, optionally as family/category")
+    if not cat:
+        return fam, None
+    if cat not in nano_prompts.CATEGORIES[fam]:
+        raise ConfigError(f"nano scenario {name!r}: unknown {fam} category {cat!r}; expected one of "
+                          f"{nano_prompts.CATEGORIES[fam]}")
+    return fam, (cat,)
+
+
+def nano_prompt_items(families: Sequence[str], split: str, per_family: int, seed: int) -> list[PromptItem]:
+    """Prompts of the ThinkGen-Nano families (``thinkgen.nano.prompts.generate``), scenario = the name given.
+
+    A name is a family (``"composition"``: its categories in turn) or one category of it
+    (``"composition/counting"``), so a mixture can weight the categories that still have headroom. The input image
+    (editing, reflection) is the sample's rendered ``input_scene``; the sample itself goes to ``meta["sample"]``
+    for the ``nano`` / ``nano_correct`` rewards. Only image-producing families can be used (understanding answers
+    in text).
     """
     from ..nano import prompts as nano_prompts
 
-    bad = [f for f in families if f not in NANO_IMAGE_FAMILIES]
-    if bad:
-        raise ConfigError(f"nano families {bad} cannot be trained by SepGRPO (it rewards images); "
-                          f"use some of {NANO_IMAGE_FAMILIES}")
     items = []
-    for fam in families:
-        for i, s in enumerate(nano_prompts.generate(fam, per_family, seed=seed, split=split)):
+    for name in families:
+        fam, cats = nano_scenario(name)
+        for i, s in enumerate(nano_prompts.generate(fam, per_family, seed=seed, split=split, categories=cats)):
             image = s.input_image()
-            items.append(PromptItem(fam, s.prompt, [image] if image is not None else [], {"sample": s},
-                                    uid=f"nano:{fam}:{split}:{seed}:{i}"))
+            items.append(PromptItem(name, s.prompt, [image] if image is not None else [], {"sample": s},
+                                    uid=f"nano:{name}:{split}:{seed}:{i}"))
     return items
 
 

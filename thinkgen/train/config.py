@@ -249,9 +249,15 @@ class MLLMSFTConfig(TrainConfigBase):
     max_seq_len: int = 2048                 # longer samples are truncated (the assistant turn last)
     max_image_pixels: int = 512 * 512       # input images shrunk below this (ThinkGen think mode, ~512^2)
     freeze_vision: bool = True              # keep the vision tower frozen (full fine-tune only)
+    # "token": mean over every supervised token of the batch (HF's loss; long think traces dominate);
+    # "sample": mean over each sample's tokens, then over samples (a one-word VQA answer weighs as much as a trace)
+    loss_reduction: str = "token"
 
     def __post_init__(self):
         super().__post_init__()
+        if self.loss_reduction not in ("token", "sample"):
+            raise _bad("loss_reduction", self.loss_reduction, "must be 'token' or 'sample'",
+                       "e.g. --loss_reduction=sample")
         if self.max_seq_len < 8:
             raise _bad("max_seq_len", self.max_seq_len, "must be >= 8", "e.g. --max_seq_len=2048")
         if self.max_image_pixels < 256:

@@ -204,9 +204,14 @@ def train_mllm(cfg: MLLMSFTConfig) -> Path:
         batch = {k: v.to(device) for k, v in batch.items()}
         if "pixel_values" in batch:
             batch["pixel_values"] = batch["pixel_values"].to(next(net.parameters()).dtype)
+        if cfg.loss_reduction == "token":
+            with autocast_context(cfg, device):
+                out = model(**batch, use_cache=False)
+            return out.loss, len(records)
+        labels = batch.pop("labels")
         with autocast_context(cfg, device):
-            out = model(**batch, use_cache=False)
-        return out.loss, len(records)
+            logits = model(**batch, use_cache=False).logits
+        return per_sample_lm_loss(logits, labels), len(records)
 
     try:
         if st.step < cfg.max_steps:
@@ -216,6 +221,20 @@ def train_mllm(cfg: MLLMSFTConfig) -> Path:
     finally:
         logger.close()
     return final
+
+
+def per_sample_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy averaged over each sample's supervised tokens (labels != -100), then over the
+    samples that have any. logits: [B, L, V]; labels: [B, L] (unshifted, as HF's causal-LM loss takes them)."""
+    tgt = labels[:, 1:]
+    keep = tgt != -100
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), tgt.masked_fill(~keep, 0),
+                                           reduction="none") * keep          # [B, L-1]
+    n = keep.sum(1)
+    has = n > 0
+    if not bool(has.any()):
+        return logits.sum() * 0.0
+    return (ce.sum(1)[has] / n[has]).mean()
 
 
 def export_mllm(cfg: MLLMSFTConfig, st: TrainState, net, processor) -> Path:
