@@ -108,7 +108,7 @@ def test_train_nano_smoke_every_stage_then_eval(tmp_path):
 
     out = tmp_path / "run"
     assert main(["--out", str(out), "--preset", "smoke", "--jobs", "1"]) == 0
-    for st in ("data", "vae", "mllm", "dit1", "dit2", "final", "eval"):
+    for st in ("data", "vae", "mllm", "dit1", "dit2", "focus_data", "dit4", "final", "eval"):
         assert (out / f"{st}.done").is_file(), st
     final = out / "final"
     for c in ("mllm", "processor", "transformer", "vae", "scheduler"):

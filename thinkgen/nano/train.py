@@ -1,4 +1,5 @@
-"""Train ThinkGen-Nano from scratch: data -> VAE || MLLM SFT -> vision tower -> DiT stage 1 -> DiT stage 2 -> final.
+"""Train ThinkGen-Nano from scratch: data -> VAE || MLLM SFT -> vision tower -> DiT stage 1 -> DiT stage 2 -> focus
+continuation -> final.
 
     thinkgen train nano --out runs/nano [--preset smoke|quick|full] [--device cpu|cuda] [--jobs 2]
                         [--set KEY=VALUE ...] [--skip-eval] [--stages a,b,...] [--final-from-checkpoint]
@@ -19,6 +20,8 @@ project trainers resume unfinished ones from their last checkpoint). Stages:
 6. ``dit2``   - paper stage 2: the whole DiT on the same pseudo-CoT data (composition, reasoning targets, text,
    editing and reflection with references), CFG dropout, EMA; ``dit3``: an optional continuation of stage 2 from
    its EMA weights (fresh warm-up + cosine).
+   ``focus_data`` + ``dit4``: a second DiT set (``FOCUS_MIX``: text rendering and editing weighted up, 40 % of the
+   pairs as ``condition: think`` records) and a continuation on it from the dit3 EMA weights.
 7. ``final``  - ``ThinkGenPipeline.save_pretrained`` in the released layout (EMA transformer, vision-stage MLLM, the
    processor at the SFT image size), ``thinkgen_defaults`` in model_index.json.
 8. ``eval``   - ``thinkgen.nano.evaluate`` on held-out prompts (small; the full table is a separate command).
@@ -37,7 +40,11 @@ from pathlib import Path
 
 import torch
 
-STAGES = ("data", "vae", "mllm", "mllm2", "vision", "dit1", "dit2", "dit3", "final", "eval")
+STAGES = ("data", "vae", "mllm", "mllm2", "vision", "dit1", "dit2", "dit3", "focus_data", "dit4", "final", "eval")
+# ``dit4`` ("focus"): a continuation on a second DiT set weighted to text rendering and editing, a share of it in the
+# think-on feature format (``condition: think`` records), so the painter also learns the features it sees with think
+# on. Family weights of that set:
+FOCUS_MIX = {"composition": 1.5, "reasoning": 0.75, "text": 3.0, "editing": 4.0, "reflection": 0.5}
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,10 @@ class Recipe:
     mllm2_lr: float = 1.5e-3
     vision_steps: int = 0        # vision-tower-only SFT on the image-input records (language model frozen)
     vision_lr: float = 1e-3
+    dit4_steps: int = 0          # "focus" continuation (FOCUS_MIX, think-format share) from the dit3 / dit2 EMA weights
+    dit4_lr: float = 5e-4
+    focus_n_dit: int = 16000     # DiT pairs of the focus set (data_focus/dit.jsonl)
+    focus_think_fraction: float = 0.4
     sample_steps: int = 20
     eval_n: int = 8
     eval_seeds: int = 2
@@ -69,18 +80,18 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "smoke": Recipe("smoke", n_sft=24, n_dit=24, vae_steps=2, vae_batch=2, mllm_steps=2, mllm_batch=2, mllm_lr=1e-3,
-                    mllm2_steps=2, vision_steps=2, dit3_steps=2,
+                    mllm2_steps=2, vision_steps=2, dit3_steps=2, dit4_steps=2, focus_n_dit=24,
                     dit1_steps=2, dit2_steps=2, dit_batch=2, dit1_lr=1e-3, dit2_lr=1e-3, sample_steps=2, eval_n=2,
                     eval_seeds=1),
     # the shipped checkpoint: about 85 min of wall time on a shared 2-core CPU (VAE next to the MLLM SFT)
     "quick": Recipe("quick", n_sft=6000, n_dit=6000, vae_steps=800, vae_batch=16, mllm_steps=700, mllm_batch=16,
                     mllm_lr=2e-3, dit1_steps=100, dit2_steps=4000, dit_batch=16, dit1_lr=2e-3, dit2_lr=1e-3,
-                    mllm2_steps=1600, vision_steps=1000, dit3_steps=2400),
+                    mllm2_steps=1600, vision_steps=1000, dit3_steps=2400, dit4_steps=4000),
     # bigger DiT and longer schedules, for a GPU or dedicated cores (NOT measured on the 2-core box; quick is the
     # measured <= 2 h CPU recipe: about 85 min of wall time there)
     "full": Recipe("full", n_sft=12000, n_dit=12000, vae_steps=1200, vae_batch=16, mllm_steps=1800, mllm_batch=16,
                    mllm_lr=2e-3, dit1_steps=200, dit2_steps=6000, dit_batch=16, dit1_lr=2e-3, dit2_lr=1e-3,
-                   mllm2_steps=2000, vision_steps=1500, dit3_steps=3000),
+                   mllm2_steps=2000, vision_steps=1500, dit3_steps=3000, dit4_steps=4000),
 }
 
 
@@ -107,6 +118,13 @@ def stage_data(out: Path, r: Recipe, seed: int) -> None:
     from thinkgen.nano.data import write_datasets
 
     write_datasets(out / "data", r.n_sft, r.n_dit, seed=seed)
+
+
+def stage_focus_data(out: Path, r: Recipe, seed: int) -> None:
+    from thinkgen.nano.data import write_datasets
+
+    write_datasets(out / "data_focus", 8000, r.focus_n_dit, seed=seed + 11, dit_mix=FOCUS_MIX,
+                   think_fraction=r.focus_think_fraction)
 
 
 def vae_command(out: Path, r: Recipe, seed: int, device: str) -> list[str]:
@@ -267,22 +285,26 @@ def stage_dit(out: Path, r: Recipe, seed: int, device: str, which: str, override
         model_dir = assemble_base(out, r, seed)
     elif which == "dit2":
         model_dir = out / "dit1" / "final"
-    else:   # dit3 continues from the stage-2 result in the released layout (EMA transformer)
-        model_dir = out / "dit3_base"
+    else:   # dit3 / dit4 continue from the previous result in the released layout (EMA transformer)
+        model_dir = out / f"{which}_base"
+        prev = "dit2" if which == "dit3" or not (out / "dit3").is_dir() else "dit3"
         if not (model_dir / "model_index.json").is_file():
-            tmp = stage_final(out, r, dest=out / ".dit3_base.tmp", source="dit2")
+            tmp = stage_final(out, r, dest=out / f".{which}_base.tmp", source=prev)
             os.replace(tmp, model_dir)
-    steps = {"dit1": r.dit1_steps, "dit2": r.dit2_steps, "dit3": r.dit3_steps}[which]
+    steps = {"dit1": r.dit1_steps, "dit2": r.dit2_steps, "dit3": r.dit3_steps, "dit4": r.dit4_steps}[which]
+    data = out / ("data_focus" if which == "dit4" else "data") / "dit.jsonl"
+    cache = {"dit3": "_dit3", "dit4": "_dit4"}.get(which, "")
     preset = stage1 if which == "dit1" else stage2
     cfg = preset(**{**dict(
-        model_dir=str(model_dir), data=[str(out / "data" / "dit.jsonl")], output_dir=str(out / which), seed=seed,
-        lr={"dit1": r.dit1_lr, "dit2": r.dit2_lr, "dit3": r.dit3_lr}[which], warmup_steps=max(1, min(50, steps // 10)),
+        model_dir=str(model_dir), data=[str(data)], output_dir=str(out / which), seed=seed + (5 if which == "dit4" else 0),
+        lr={"dit1": r.dit1_lr, "dit2": r.dit2_lr, "dit3": r.dit3_lr, "dit4": r.dit4_lr}[which],
+        warmup_steps=max(1, min(50, steps // 10)),
         lr_schedule="constant" if which == "dit1" else "cosine", min_lr_ratio=0.05, max_steps=steps,
         ema_decay=0.0 if which == "dit1" else r.dit2_ema,
         batch_size=r.dit_batch, weight_decay=0.0, max_output_pixels=64 * 64, max_input_pixels=[64 * 64],
         prompt_dropout_prob=0.1, ref_dropout_prob=0.5,
-        feature_cache_dir=str(out / "cache" / ("features_dit3" if which == "dit3" else "features")),
-        latent_cache_dir=str(out / "cache" / ("latents_dit3" if which == "dit3" else "latents")), max_text_tokens=128, device=device, log_every=25,
+        feature_cache_dir=str(out / "cache" / f"features{cache}"),
+        latent_cache_dir=str(out / "cache" / f"latents{cache}"), max_text_tokens=128, device=device, log_every=25,
         save_every=100, keep_last=2, shuffle_buffer=2000, export_full_model=True),
         **overrides.get(which, {})})
     return train_dit(cfg)
@@ -314,7 +336,8 @@ def stage_final(out: Path, r: Recipe, from_checkpoint: bool = False, dest: Path 
             raise SystemExit("the vision stage changed language-model weights; refusing to mix it with the DiT")
         base = ThinkGenPipeline(vm, base.transformer, base.vae, base.scheduler)
     if source is None:
-        source = "dit3" if r.dit3_steps > 0 and (out / "dit3").is_dir() else "dit2"
+        source = next(s_ for s_, n_ in (("dit4", r.dit4_steps), ("dit3", r.dit3_steps), ("dit2", 1))
+                      if n_ > 0 and (out / s_).is_dir())
     src = out / source / "final"
     if from_checkpoint or not (src / "transformer").is_dir():
         ck = newest_checkpoint(out / source)
@@ -432,6 +455,8 @@ def main(argv=None) -> int:
     run("dit1", lambda: stage_dit(out, r, a.seed, a.device, "dit1", tset))
     run("dit2", lambda: stage_dit(out, r, a.seed, a.device, "dit2", tset))
     run("dit3", lambda: stage_dit(out, r, a.seed, a.device, "dit3", tset) if r.dit3_steps > 0 else None)
+    run("focus_data", lambda: stage_focus_data(out, r, a.seed) if r.dit4_steps > 0 else None)
+    run("dit4", lambda: stage_dit(out, r, a.seed, a.device, "dit4", tset) if r.dit4_steps > 0 else None)
     run("final", lambda: stage_final(out, r, a.final_from_checkpoint))
     if "final" in want and (out / "final").is_dir():
         _log(f"final checkpoint {out / 'final'}: {checkpoint_mb(out / 'final'):.1f} MB")
