@@ -232,6 +232,28 @@ def test_sde_noise_zero_equals_euler():
     assert c.logps.shape == (2, 4) and len(c.states) == 5
 
 
+def test_cps_in_the_sampling_loop():
+    """sde_kind="cps" runs the coefficients-preserving step on the SDE steps: its stored log-probs are the
+    recomputed CPS log-probs of the stored states, it differs from the SDE kind, and an unknown kind is refused."""
+    dit = _RecordingDiT()
+    cond, neg = _conds()
+    noise = torch.randn(2, 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    ts = flow.inference_timesteps(4, 4)
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(2)]
+    c = sample(dit, noise, cond, neg, ts, Guidance(2.0), noise_level=0.7, generator=gens(), return_trajectory=True,
+               sde_kind="cps")
+    s = sample(dit, noise, cond, neg, ts, Guidance(2.0), noise_level=0.7, generator=gens(), sde_kind="sde")
+    assert not torch.equal(c.latents, s.latents)
+
+    for i in range(4):
+        x, x_next = c.states[i], c.states[i + 1]
+        v = guided_velocity(dit, x, ts[i], cond, neg, Guidance(2.0), i, 4)
+        again = flow.sde_step(x, v, ts[i], ts[i + 1], 0.7, x_next=x_next, t_min=ts[1], kind="cps")
+        assert torch.allclose(again.logp, c.logps[:, i], atol=1e-6)
+    with pytest.raises(ValueError, match="sde_kind"):
+        sample(dit, noise, cond, neg, ts, Guidance(2.0), noise_level=0.7, sde_kind="ode")
+
+
 def test_model_cpu_offload_same_result():
     from thinkgen.testing import build_tiny_pipeline
 

@@ -111,6 +111,7 @@ BAD = [
     ({"mllm": {"features_from": "dit"}}, "features_from"),
     ({"mllm": {"dual_clip": 0.5}}, "dual_clip"),
     ({"dit": {"adv_std": "batch"}}, "adv_std"),
+    ({"dit": {"sde_type": "ode"}}, "sde_type"),
     ({"rounds": 0}, "rounds"),
     ({"parallel": "deepspeed"}, "parallel"),
     ({"mllm": {"group_sise": 4}}, "did you mean group_size"),
@@ -255,6 +256,23 @@ def test_clip_acts_on_off_policy_updates(tiny_ckpt, prompts_file, tmp_path):
         # the second update sees the first one's weights: ratios move and the tight clip activates
         assert stats["mllm/ratio_mean"] != 1.0
         assert stats["mllm/clip_frac"] > 0
+    finally:
+        close_run(run)
+
+
+def test_dit_step_with_cps_is_on_policy(tiny_ckpt, prompts_file, tmp_path):
+    """dit.sde_type=cps: rollouts and the training recomputation use the same CPS step, so the first update is
+    on-policy (ratio 1, nothing clipped) and the trainable weights move."""
+    from thinkgen.rl.sepgrpo import build_run, close_run, dit_step
+
+    cfg = tiny_cfg(tiny_ckpt, tmp_path / "out", prompts_file, dit={"sde_type": "cps", "kl_coef": 0.0})
+    run = build_run(cfg)
+    try:
+        before = _snapshot(run.pipe.transformer)
+        ds = dit_step(run, 0, 0)
+        assert abs(ds["dit/ratio_mean"] - 1.0) < 1e-6 and ds["dit/clip_frac"] == 0.0
+        after = _snapshot(run.pipe.transformer)
+        assert any(not torch.equal(before[k], after[k]) for k in before)
     finally:
         close_run(run)
 

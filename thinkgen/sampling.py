@@ -148,13 +148,17 @@ def sample(
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     return_trajectory: bool = False,
     callback: Callable[[int, int], None] | None = None,
+    sde_kind: str = "sde",
 ) -> Trajectory:
     """Integrate from ``noise`` (t = timesteps[0]) to t = timesteps[-1].
 
     noise: (B, C, H, W). ``sde_steps``: indices of steps that use the SDE (default: all steps when
     ``noise_level > 0``). ``generator``: one generator, or one per sample (so a sample's randomness does
-    not depend on what else is in the batch).
+    not depend on what else is in the batch). ``sde_kind``: "sde" (Flow-GRPO's SDE step) or "cps"
+    (coefficients-preserving sampling); see ``flow.sde_step``.
     """
+    if sde_kind not in ("sde", "cps"):
+        raise ValueError(f"sde_kind must be 'sde' or 'cps', got {sde_kind!r}")
     guidance = guidance or Guidance()
     S = timesteps.numel() - 1
     sde_set = set(range(S)) if sde_steps is None else set(int(i) for i in sde_steps)
@@ -168,7 +172,7 @@ def sample(
         t, t_next = timesteps[i], timesteps[i + 1]
         v = guided_velocity(dit, x, t.to(x.dtype), cond, neg, guidance, i, S)
         if noise_level > 0 and i in sde_set:
-            step = _sde_step_per_sample(x, v, t, t_next, noise_level, generator, t_min)
+            step = _sde_step_per_sample(x, v, t, t_next, noise_level, generator, t_min, sde_kind)
             x = step.x_next.to(x.dtype)
             logps[:, i] = step.logp
             if return_trajectory:
@@ -188,15 +192,15 @@ def sample(
     return traj
 
 
-def _sde_step_per_sample(x, v, t, t_next, noise_level, generator, t_min):
+def _sde_step_per_sample(x, v, t, t_next, noise_level, generator, t_min, kind="sde"):
     if generator is None or isinstance(generator, torch.Generator):
-        return flow.sde_step(x, v, t, t_next, noise_level, generator=generator, t_min=t_min)
+        return flow.sde_step(x, v, t, t_next, noise_level, generator=generator, t_min=t_min, kind=kind)
     # one generator per sample: draw each sample's noise from its own stream
     eps = torch.stack(
         [torch.randn(x.shape[1:], generator=g, dtype=torch.float32, device="cpu") for g in generator]
     ).to(x.device)
-    mean_step = flow.sde_step(x, v, t, t_next, noise_level, x_next=x, t_min=t_min)
+    mean_step = flow.sde_step(x, v, t, t_next, noise_level, x_next=x, t_min=t_min, kind=kind)
     std = mean_step.std.reshape(mean_step.std.shape[0] if mean_step.std.ndim else 1, *([1] * (x.ndim - 1)))
     # cast to the latent dtype before taking the log-prob, so training recomputes exactly this value
     x_next = (mean_step.mean + std * eps).to(x.dtype)
-    return flow.sde_step(x, v, t, t_next, noise_level, x_next=x_next, t_min=t_min)
+    return flow.sde_step(x, v, t, t_next, noise_level, x_next=x_next, t_min=t_min, kind=kind)

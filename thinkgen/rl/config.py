@@ -184,7 +184,8 @@ class DiTPhaseConfig(OptimConfig):
     # --- rollouts (denoising reduction: fewer steps, lower resolution than inference)
     num_steps: int = 20                     # denoising steps of a rollout
     resolution: int = 512                   # square rollout size in pixels
-    noise_level: float = 0.7                # SDE noise level a (> 0); Flow-GRPO's sde_type="sde" step
+    noise_level: float = 0.7                # SDE noise level a (> 0)
+    sde_type: str = "sde"                   # "sde": Flow-GRPO's SDE step; "cps": coefficients-preserving sampling
     same_noise: bool = False                # one initial noise for every image of a group
     guidance_scale: float = 4.5             # text CFG in rollouts AND in the training forward (1 = off)
     image_guidance_scale: float = 2.0       # reference-image CFG (editing prompts)
@@ -216,6 +217,8 @@ class DiTPhaseConfig(OptimConfig):
                        "e.g. --dit.group_size=4")
         if self.think not in THINK_MODES:
             raise _bad("dit.think", self.think, f"must be one of {THINK_MODES}", "e.g. --dit.think=on")
+        if self.sde_type not in ("sde", "cps"):
+            raise _bad("dit.sde_type", self.sde_type, "must be 'sde' or 'cps'", "e.g. --dit.sde_type=cps")
         if not self.noise_level > 0:
             raise _bad("dit.noise_level", self.noise_level, "Flow-GRPO needs SDE noise (> 0) for log-probs; "
                        "0 is the Euler sampler", "e.g. --dit.noise_level=0.7")

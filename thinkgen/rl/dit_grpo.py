@@ -71,7 +71,7 @@ def collect_image_rollouts(pipe, dit: Callable, items: Sequence[PromptItem], enc
         gens = [torch.Generator("cpu").manual_seed((flat[b] + 1) % (1 << 63)) for b in idx]
         traj = sample(dit, noise[idx], cond.select(idx), neg.select(idx) if neg is not None else None,
                       timesteps, guidance, noise_level=cfg.noise_level, sde_steps=list(train_steps),
-                      generator=gens, return_trajectory=True)
+                      generator=gens, return_trajectory=True, sde_kind=cfg.sde_type)
         states.append(torch.stack(traj.states, dim=1))          # (b, S + 1, C, h, w)
         logps.append(traj.logps)                                # (b, S)
         chunk = decode_images(pipe, traj.latents)
@@ -110,12 +110,13 @@ def dit_grpo_update(policy: Callable, reference, roll: ImageRollout, advantages:
             t, t_next = ts[j], ts[j + 1]
             x, x_next = roll.states[idx, j], roll.states[idx, j + 1]
             v = guided_velocity(policy, x, t.to(x.dtype), cond, neg, guidance, j, S)
-            step = flow.sde_step(x, v, t, t_next, cfg.noise_level, x_next=x_next, t_min=t_min)
+            step = flow.sde_step(x, v, t, t_next, cfg.noise_level, x_next=x_next, t_min=t_min, kind=cfg.sde_type)
             ref_mean = None
             if cfg.kl_coef > 0:
                 with torch.no_grad(), reference() as ref_dit:
                     v_ref = guided_velocity(ref_dit, x, t.to(x.dtype), cond, neg, guidance, j, S)
-                    ref_mean = flow.sde_step(x, v_ref, t, t_next, cfg.noise_level, x_next=x_next, t_min=t_min).mean
+                    ref_mean = flow.sde_step(x, v_ref, t, t_next, cfg.noise_level, x_next=x_next, t_min=t_min,
+                                             kind=cfg.sde_type).mean
             loss, stats = losses.flow_grpo_step_loss(
                 step.logp, roll.logps[idx, j].to(step.logp.device), adv, cfg.clip_range,
                 mean=step.mean, ref_mean=ref_mean, std=step.std, kl_coef=cfg.kl_coef,
