@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # ThinkGen-Nano end to end on a CPU (2 cores): train from scratch, evaluate, ship.
-#   bash runs/cpu.sh [OUT] [PRESET]      PRESET: quick (the shipped checkpoint, ~45-60 min on a shared 2-core box)
-#                                          or full (<= 2 h on 2 dedicated cores); smoke = seconds (tests)
+#   bash runs/cpu.sh [OUT] [PRESET]      PRESET: quick (the shipped checkpoint; as measured on the shared 2-core box
+#                                          ~81 min up to dit3 + 53 min for the dit4 focus stage), full (not measured),
+#                                          smoke = seconds (tests)
 # Every stage is resumable: rerunning the same command skips finished stages.
 set -euo pipefail
 OUT=${1:-runs/nano_quick}
 PRESET=${2:-quick}
 PY=${PY:-python}
 
-# 1. data -> VAE (subprocess, 1 thread) || MLLM SFT (1 thread) -> DiT stage 1 -> DiT stage 2 -> released layout
+# 1. data -> VAE (subprocess, 1 thread) || MLLM SFT (1 thread) -> DiT stage 1 -> DiT stage 2 (+ dit3) -> focus data
+#    -> dit4 (text/editing-weighted continuation) -> released layout
 $PY -m thinkgen.cli train nano --out "$OUT" --preset "$PRESET" --skip-eval
 
 # 2. held-out evaluation: every family, think off and on, 4 seeds; JSON + markdown table + image grid
