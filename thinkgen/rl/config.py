@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..train.config import _bad, coerce_scalar   # one message format and one scalar parser for every config
 
 PHASES = ("mllm", "dit")
 PROMPT_SOURCES = ("jsonl", "nano")
@@ -31,10 +32,6 @@ THINK_MODES = ("off", "on")
 # Fields that may differ between a run and its resume without changing the maths.
 RESUME_SAFE_FIELDS = frozenset({"resume", "allow_config_change", "log_every", "save_every", "keep_last",
                                 "output_dir", "device", "eval_images", "progress"})
-
-
-def _bad(name: str, value: Any, why: str, fix: str) -> ConfigError:
-    return ConfigError(f"{name}={value!r} is invalid: {why}; {fix}")
 
 
 def _check_int(name: str, value: Any, lo: int) -> None:
@@ -444,27 +441,8 @@ def flat_field_names() -> list[str]:
 def _coerce(name: str, value: Any, tp) -> Any:
     """Check / convert a YAML value to the annotated type; ConfigError naming the field otherwise."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise _bad(name, value, "expected true or false", f"e.g. --{name}=true")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise _bad(name, value, "expected an integer", f"e.g. --{name}=1")
-        return int(value)
-    if tp is float:
-        if isinstance(value, bool):
-            raise _bad(name, value, "expected a number", f"e.g. --{name}=0.1")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise _bad(name, value, "expected a number", f"e.g. --{name}=0.1") from None
-    if tp is str:
-        if isinstance(value, (dict, list)):
-            raise _bad(name, value, "expected a string", f"e.g. --{name}=text")
-        return "" if value is None else str(value)
+    if tp in (bool, int, float, str):
+        return coerce_scalar(name, value, tp)
     if origin in (list, tuple):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]

@@ -297,15 +297,9 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(name: str, value: Any, tp) -> Any:
-    """Check / convert ``value`` to the annotated type ``tp``; ConfigError naming the field otherwise."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(name, value, inner[0])
+def coerce_scalar(name: str, value: Any, tp: type) -> Any:
+    """A YAML / command-line value as ``tp`` (bool, int, float or str); ConfigError naming the field otherwise.
+    Shared by the supervised and the SepGRPO configs."""
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -327,6 +321,20 @@ def _coerce(name: str, value: Any, tp) -> Any:
         if isinstance(value, (dict, list)):
             raise _bad(name, value, "expected a string", f"e.g. --{name}=text")
         return "" if value is None else str(value)
+    raise TypeError(f"coerce_scalar handles bool, int, float and str, not {tp!r}")
+
+
+def _coerce(name: str, value: Any, tp) -> Any:
+    """Check / convert ``value`` to the annotated type ``tp``; ConfigError naming the field otherwise."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(name, value, inner[0])
+    if tp in (bool, int, float, str):
+        return coerce_scalar(name, value, tp)
     if origin in (list, tuple, Sequence):
         if tp is not None and name == "data":
             vals = value if isinstance(value, list) else [value]
