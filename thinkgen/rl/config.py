@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..train.config import _bad, coerce_scalar   # one message format and one scalar parser for every config
+from ..train.config import _bad, coerce_scalar, read_yaml_mapping   # shared by every config
 
 PHASES = ("mllm", "dit")
 PROMPT_SOURCES = ("jsonl", "nano")
@@ -516,20 +516,7 @@ def build_config(values: dict[str, Any], where: str = "config") -> SepGRPOConfig
 
 def load_config(path: str | os.PathLike | None = None, overrides=()) -> SepGRPOConfig:
     """YAML file (optional) + overrides (``--key=value`` strings or a nested dict) -> validated config."""
-    import yaml
-
-    values: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p} must hold a mapping of field: value at its top level")
-        values.update(loaded)
+    values = read_yaml_mapping(path)
     extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
     for k, v in extra.items():
         if k in PHASES and isinstance(v, dict) and isinstance(values.get(k), dict):

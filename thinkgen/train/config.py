@@ -401,24 +401,28 @@ def build_config(kind: str, values: dict[str, Any], where: str = "config"):
     return mllm_sft(**kwargs)
 
 
-def load_config(kind: str, path: str | os.PathLike | None = None, overrides: Sequence[str] | dict = ()):
-    """YAML file (optional) + ``--key=value`` overrides -> config. Relative data paths stay as written."""
+def read_yaml_mapping(path: str | os.PathLike | None) -> dict[str, Any]:
+    """The top-level mapping of a YAML config file ({} for None); ConfigError when missing, invalid or not a mapping."""
     import yaml
 
-    values: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p} must hold a mapping of field: value at its top level")
-        values.update(loaded)
-    extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
-    values.update(extra)
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of field: value at its top level")
+    return dict(loaded)
+
+
+def load_config(kind: str, path: str | os.PathLike | None = None, overrides: Sequence[str] | dict = ()):
+    """YAML file (optional) + ``--key=value`` overrides -> config. Relative data paths stay as written."""
+    values = read_yaml_mapping(path)
+    values.update(overrides if isinstance(overrides, dict) else parse_overrides(overrides))
     return build_config(kind, values, where=str(path) if path else "overrides")
 
 
