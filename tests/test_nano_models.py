@@ -153,3 +153,21 @@ def test_shipped_checkpoint_loads_and_generates():
                think_do_sample=False)
     assert "</think>" in out.thoughts[0] and out.instructions[0]
     assert isinstance(pipe.chat("how many shapes are there?", images=[out.images[0]], max_new_tokens=4), str)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--set", "focus_think_fraction=2"], "focus_think_fraction=2"),
+    (["train", "--set", "bogus=1"], "bogus"),
+    (["train", "--set", "dit4_steps=-5"], "dit4_steps=-5"),
+    (["eval", "--n-composition", "-3"], "--n-composition=-3"),
+    (["eval", "--seeds", "0"], "--seeds=0"),
+])
+def test_nano_commands_refuse_bad_numbers_before_writing(tmp_path, capsys, argv, needle):
+    from thinkgen.nano.evaluate import main as eval_main
+    from thinkgen.nano.train import main as train_main
+
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        (train_main if argv[0] == "train" else eval_main)(argv[1:] + ["--out", str(out)])
+    assert e.value.code == 2 and needle in capsys.readouterr().err
+    assert not out.exists()

@@ -169,6 +169,9 @@ class SDEStep:
     std: Tensor
 
 
+SDE_KINDS = ("sde", "cps")   # Flow-GRPO's SDE step; coefficients-preserving sampling
+
+
 def sde_step(
     x: Tensor,
     v: Tensor,
@@ -205,7 +208,7 @@ def sde_step(
     noise_level == 0 returns the Euler step exactly (unless x_next is given, which is then returned as is),
     with logp and std zeros.
     """
-    if kind not in ("sde", "cps"):
+    if kind not in SDE_KINDS:
         raise ValueError(f"kind must be 'sde' or 'cps', got {kind!r}")
     if noise_level < 0:
         raise ValueError(f"noise_level must be >= 0, got {noise_level}")

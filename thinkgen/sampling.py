@@ -157,7 +157,7 @@ def sample(
     not depend on what else is in the batch). ``sde_kind``: "sde" (Flow-GRPO's SDE step) or "cps"
     (coefficients-preserving sampling); see ``flow.sde_step``.
     """
-    if sde_kind not in ("sde", "cps"):
+    if sde_kind not in flow.SDE_KINDS:
         raise ValueError(f"sde_kind must be 'sde' or 'cps', got {sde_kind!r}")
     guidance = guidance or Guidance()
     S = timesteps.numel() - 1

@@ -69,12 +69,11 @@ def sft_record(s: Sample, store: _ImageStore) -> dict:
 def dit_record(s: Sample, store: _ImageStore, prefix: str = "", think: bool = False) -> dict:
     """One DiT pair. ``think``: a ``condition: think`` record -- the frozen MLLM encodes the user's prompt and the
     teacher-forced ``<think>...</think>\n\n{instruction}`` turn, i.e. the features the painter sees with think on."""
-    rec = {"task_type": TASK[s.family], "instruction": prefix + s.instruction, "family": s.family,
-           "category": s.category,
+    rec = {"task_type": TASK[s.family], "instruction": s.instruction if think else prefix + s.instruction,
+           "family": s.family, "category": s.category,
            "output_image": store.put("scene:" + s.target_scene().signature(), s.target_image())}
     if think:
-        rec.update(instruction=s.instruction, condition="think", prompt=s.prompt,
-                   think=s.think or normalise_text(f"so {s.instruction} ."))
+        rec.update(condition="think", prompt=s.prompt, think=s.think or normalise_text(f"so {s.instruction} ."))
     if s.input_scene is not None:
         rec["input_images"] = [store.put("scene:" + s.input_scene.signature(), s.input_image())]
     return rec

@@ -252,7 +252,13 @@ def main(argv=None) -> int:
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for flag, value, lo in (("--seeds", args.seeds, 1), ("--n-per-family", args.n_per_family, 1),
+                            ("--n-composition", args.n_composition, 0), ("--batch-size", args.batch_size, 1),
+                            ("--steps", args.steps, 0)):
+        if value < lo:
+            parser.error(f"{flag}={value} must be >= {lo}")   # exit 2, nothing written
     args.argv = argv
     evaluate(args)
     return 0

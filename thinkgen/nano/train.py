@@ -35,7 +35,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -76,6 +76,22 @@ class Recipe:
     sample_steps: int = 20
     eval_n: int = 8
     eval_seeds: int = 2
+
+    def __post_init__(self):
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "sizes":
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ValueError(f"recipe {f.name}={v!r} must be a number >= 0 (e.g. --set {f.name}=...)")
+        for name in ("n_sft", "n_dit", "vae_batch", "mllm_batch", "dit_batch", "sample_steps", "eval_seeds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"recipe {name}={getattr(self, name)!r} must be >= 1")
+        if self.dit4_steps > 0 and self.focus_n_dit < 1:
+            raise ValueError(f"recipe focus_n_dit={self.focus_n_dit!r} must be >= 1 when dit4_steps > 0")
+        if not 0.0 <= self.focus_think_fraction <= 1.0:
+            raise ValueError(f"recipe focus_think_fraction={self.focus_think_fraction!r} must be in [0, 1] "
+                             "(e.g. --set focus_think_fraction=0.4)")
 
 
 RECIPES: dict[str, Recipe] = {
@@ -403,7 +419,13 @@ def main(argv=None) -> int:
                    help="build final/ from the newest stage-2 checkpoint (after stopping stage 2 early)")
     a = p.parse_args(argv)
     rset, tset = _parse_sets(a.sets)
-    r = replace(RECIPES[a.preset], **rset)
+    unknown = sorted(set(rset) - {f.name for f in fields(Recipe)})
+    if unknown:
+        p.error(f"--set names unknown recipe fields {unknown}; see thinkgen.nano.train.Recipe")
+    try:
+        r = replace(RECIPES[a.preset], **rset)
+    except ValueError as e:
+        p.error(str(e))   # exit 2 before any stage runs
     out = a.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.json").write_text(json.dumps({"preset": a.preset, **asdict(r), "overrides": tset}, indent=2) + "\n")

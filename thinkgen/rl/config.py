@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..flow import SDE_KINDS
 from ..train.config import _bad, coerce_scalar, read_yaml_mapping   # shared by every config
 
 PHASES = ("mllm", "dit")
@@ -214,8 +215,8 @@ class DiTPhaseConfig(OptimConfig):
                        "e.g. --dit.group_size=4")
         if self.think not in THINK_MODES:
             raise _bad("dit.think", self.think, f"must be one of {THINK_MODES}", "e.g. --dit.think=on")
-        if self.sde_type not in ("sde", "cps"):
-            raise _bad("dit.sde_type", self.sde_type, "must be 'sde' or 'cps'", "e.g. --dit.sde_type=cps")
+        if self.sde_type not in SDE_KINDS:
+            raise _bad("dit.sde_type", self.sde_type, f"must be one of {SDE_KINDS}", "e.g. --dit.sde_type=cps")
         if not self.noise_level > 0:
             raise _bad("dit.noise_level", self.noise_level, "Flow-GRPO needs SDE noise (> 0) for log-probs; "
                        "0 is the Euler sampler", "e.g. --dit.noise_level=0.7")

@@ -224,10 +224,10 @@ def train_mllm(cfg: MLLMSFTConfig) -> Path:
 
 
 def per_sample_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy averaged over each sample's supervised tokens (labels != -100), then over the
+    """Next-token cross-entropy averaged over each sample's supervised tokens (labels != IGNORE_INDEX), then over the
     samples that have any. logits: [B, L, V]; labels: [B, L] (unshifted, as HF's causal-LM loss takes them)."""
     tgt = labels[:, 1:]
-    keep = tgt != -100
+    keep = tgt != IGNORE_INDEX
     ce = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), tgt.masked_fill(~keep, 0),
                                            reduction="none") * keep          # [B, L-1]
     n = keep.sum(1)
