@@ -1,5 +1,7 @@
-"""SepGRPO under ``torchrun --nproc_per_node 2`` on CPU (gloo, DDP): prompts sharded, rewards gathered, evaluation
-padded to equal shards, one checkpoint writer, the released-layout export.
+"""SepGRPO under ``torchrun --nproc_per_node 2`` on CPU (gloo; DDP, and FSDP2 with both models sharded): prompts
+sharded, rewards gathered, evaluation padded to equal shards, one checkpoint writer, the released-layout export.
+Under FSDP2 the MLLM decodes rollouts of different lengths on the two ranks (synced generation) and the full
+fine-tuning references are sharded too.
 
 Robustness: a free rendezvous port (``--standalone``), one thread per process, a hard timeout, and the output of
 both ranks in the failure message.
@@ -22,13 +24,15 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
 @pytest.mark.skipif(not TORCHRUN.is_file() and shutil.which("torchrun") is None, reason="torchrun not installed")
-def test_two_process_ddp_run(tiny_ckpt, tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_process_run(tiny_ckpt, tmp_path, strategy):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(r) + "\n" for r in PROMPTS))
     out = tmp_path / "out"
-    values = tiny_values(tiny_ckpt, out, prompts, parallel="ddp", reward_modules=["test_sepgrpo"],
+    values = tiny_values(tiny_ckpt, out, prompts, parallel=strategy, reward_modules=["test_sepgrpo"],
                          eval_prompts=str(prompts), eval_steps=2, eval_resolution=32, eval_before=False,
-                         mllm={"prompts_per_step": 1}, dit={"lora": True, "lora_rank": 4, "lora_alpha": 8.0})
+                         mllm={"prompts_per_step": 1},
+                         dit={"lora": strategy == "ddp", "lora_rank": 4, "lora_alpha": 8.0})
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(values))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",

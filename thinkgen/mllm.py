@@ -338,6 +338,20 @@ def _keep_rng(device: torch.device, active: bool):
 
 
 # ----------------------------------------------------------------------------------------------------- tiny model
+def synced_generation(model: torch.nn.Module) -> bool:
+    """True when ``model`` is FSDP2-sharded across several processes: ``generate`` must then keep every rank
+    decoding until all ranks are done (HF ``synced_gpus``), because each forward all-gathers the sharded weights
+    and a rank that stopped early would leave the others waiting in a collective."""
+    import torch.distributed as tdist
+
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(model, FSDPModule) and tdist.is_available() and tdist.is_initialized() \
+        and tdist.get_world_size() > 1
+
+
 def _mrope_section(head_dim: int) -> list[int]:
     half = head_dim // 2
     hw = max(1, (half * 5) // 16)            # 64 -> [24, 20, 20] like Qwen3-VL; 4 -> [2, 1, 1]
@@ -493,7 +507,9 @@ class ThinkGenMLLM:
             kwargs["pixel_values"] = kwargs["pixel_values"].to(self.dtype)
         handles = [lm.layers[-2].register_forward_hook(grab_layer), lm.norm.register_forward_hook(grab_norm)]
         try:
-            self.model.model(**kwargs, use_cache=False)   # the base model: no lm_head / logits needed
+            # through the top-level module (an FSDP2-sharded model gathers its root weights -- embeddings, vision
+            # tower, final norm -- only there); logits for one position only, the features come from the hooks
+            self.model(**kwargs, use_cache=False, logits_to_keep=1)
         finally:
             for h in handles:
                 h.remove()
@@ -653,7 +669,7 @@ class ThinkGenMLLM:
         )
         try:
             with _keep_rng(self.device, gens is not None):
-                out = self.model.generate(**batch, generation_config=gen_cfg,
+                out = self.model.generate(**batch, generation_config=gen_cfg, synced_gpus=synced_generation(self.model),
                                           logits_processor=LogitsProcessorList([_ProcessorView(state)]),
                                           stopping_criteria=StoppingCriteriaList([_CriterionView(state)]))
         finally:
@@ -718,7 +734,7 @@ class ThinkGenMLLM:
             top_k=50 if greedy else 20, top_p=1.0 if greedy else 0.8, repetition_penalty=1.0,
             eos_token_id=[self.ids[IM_END], self.ids[PAD_TOKEN]], pad_token_id=self.ids[PAD_TOKEN], bos_token_id=None,
         )
-        out = self.model.generate(**batch, generation_config=gen_cfg)
+        out = self.model.generate(**batch, generation_config=gen_cfg, synced_gpus=synced_generation(self.model))
         sequences = out if isinstance(out, Tensor) else out.sequences
         return self.tokenizer.decode(sequences[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
 

@@ -297,7 +297,7 @@ class SepGRPOConfig:
     device: str = "auto"                    # "auto" (cuda:LOCAL_RANK if available), "cpu", "cuda"
     dtype: str = "float32"                  # weights dtype: "float32", or "bfloat16" (pure bf16 training, no fp32
     #                                         master copy; SDE / log-prob maths stay fp32)
-    parallel: str = "none"                  # "none", "ddp" (both models), "fsdp2" (DiT sharded; MLLM uses DDP)
+    parallel: str = "none"                  # "none", "ddp" (both models replicated), "fsdp2" (both sharded)
     progress: bool = True                   # tqdm bars on rank 0
     # --- logging / checkpoints
     log_every: int = 1                      # scalars every N steps

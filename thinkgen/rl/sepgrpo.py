@@ -17,9 +17,12 @@ Simplifications and choices (the paper gives no hyper-parameters, paper.md §7):
   The alternative ``mllm.features_from: reference`` re-encodes the answer with the frozen reference MLLM in the
   no-think layout (§6.8 a): rewards then do not move with the policy's representation drift, but the DiT no longer
   sees what it sees at inference. Gradients reach the MLLM only through token log-probs (rewards are rules).
-* MLLM rollouts use HF ``generate`` through ``ThinkGenMLLM.think`` (vLLM is not wired in). ``mllm`` is never
-  FSDP-sharded (``generate`` with sharded weights would need equal decode lengths on every rank): under
-  ``parallel: fsdp2`` the DiT is sharded and the MLLM uses DDP.
+* MLLM rollouts use HF ``generate`` through ``ThinkGenMLLM.think`` (vLLM is not wired in). Under
+  ``parallel: fsdp2`` both models are sharded block by block (the DiT's reference refiner stays in the root group;
+  the MLLM's vision tower is replicated outside FSDP and must stay frozen) and so are full-fine-tuning reference
+  copies; a sharded MLLM decodes with HF ``synced_gpus``
+  (every rank keeps stepping until the longest rollout on any rank is done), and every rank makes the same number
+  of MLLM / DiT calls per step (equal prompt shards, equalised micro-batch counts, padded evaluation shards).
 * Advantages: MLLM = EasyR1 ``grpo`` (unbiased group std); DiT = Flow-GRPO per-prompt mean with ``dit.adv_std``
   (global by default). NaN rewards and tied groups give advantage 0; zero-advantage samples are dropped.
 * Rollouts are sharded by prompt (all G samples of a prompt on one rank), so groups never straddle ranks; rewards
@@ -171,13 +174,17 @@ def _setup_phase(name: str, cfg: SepGRPOConfig, pipe, dist: DistInfo) -> Phase:
     trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     if not trainable:
         raise ConfigError(f"the {name} phase has no trainable parameters; check {name}.lora / {name}.trainable")
-    strategy = cfg.parallel if name == "dit" else ("ddp" if cfg.parallel != "none" else "none")
     # unused trained parameters: the DiT's reference-image refiner without input images, a trainable vision tower
     # without images; the MLLM's text layers (LoRA or frozen vision) are always used
     find_unused = not (name == "mllm" and (pc.lora or pc.freeze_vision))
-    # FSDP2: the reference-image refiner runs only for editing prompts, so it stays in the root group (parallel.py)
-    policy = parallel.wrap_model(module, strategy, dist.device, find_unused_parameters=find_unused,
-                                 keep_in_root=["ref_image_refiner"] if name == "dit" else ["model.visual"])
+    # FSDP2 (parallel.wrap_model): the DiT's reference-image refiner runs only for editing prompts, so it stays in
+    # the root group (every rank issues the same collectives); the MLLM's vision tower is called by HF generate
+    # outside the root forward, so it is replicated outside FSDP (frozen)
+    shard = dict(keep_in_root=["ref_image_refiner"]) if name == "dit" else dict(replicate=["model.visual"])
+    policy = parallel.wrap_model(module, cfg.parallel, dist.device, find_unused_parameters=find_unused, **shard)
+    if parallel.is_fsdp(policy) and reference is not None and reference.copy is not None:
+        # the frozen full-fine-tuning reference is sharded too: no rank holds a second unsharded copy of the model
+        parallel.wrap_model(reference.copy, "fsdp2", dist.device, **shard)
     if parallel.is_fsdp(policy):   # fully_shard replaces the parameters by DTensors
         trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([p for _, p in trainable], lr=pc.lr, betas=tuple(pc.betas),

@@ -136,8 +136,7 @@ def _shard_units(model: nn.Module, keep_in_root: Sequence[str] = ()) -> list[nn.
     chosen: list[tuple[str, nn.Module]] = []
 
     def skipped(name: str) -> bool:
-        return any(name == c or name.startswith(c + ".") for c, _ in chosen) or any(
-            name == k or name.startswith(k + ".") for k in keep_in_root)
+        return _under(name, [c for c, _ in chosen]) or _under(name, keep_in_root)
 
     for name, m in model.named_modules():
         if not name or skipped(name):
@@ -150,8 +149,13 @@ def _shard_units(model: nn.Module, keep_in_root: Sequence[str] = ()) -> list[nn.
     return [m for _, m in chosen]
 
 
+def _under(name: str, prefixes: Sequence[str]) -> bool:
+    return any(name == k or name.startswith(k + ".") for k in prefixes)
+
+
 def wrap_model(model: nn.Module, strategy: str = "none", device: torch.device | None = None,
-               find_unused_parameters: bool = True, keep_in_root: Sequence[str] = ()) -> nn.Module:
+               find_unused_parameters: bool = True, keep_in_root: Sequence[str] = (),
+               replicate: Sequence[str] = ()) -> nn.Module:
     """Wrap for data parallel training.
 
     * "none": returned as is (also whenever the world size is 1);
@@ -163,6 +167,10 @@ def wrap_model(model: nn.Module, strategy: str = "none", device: torch.device | 
       block all-gathers only when it runs, so ranks with different batches would issue different
       collectives. Kept in the root group they are gathered on every forward, and
       ``set_reduce_scatter_unused_params`` gives unused parameters zero gradients on every rank.
+      Modules under a ``replicate`` prefix are left out of FSDP altogether (``ignored_params``): plain tensors,
+      a full copy on every rank, callable from outside the root forward (transformers' ``generate`` encodes
+      images through ``get_image_features`` before the first forward, so the MLLM's vision tower goes here).
+      FSDP never synchronises their gradients, so they must be frozen (refused otherwise).
     """
     if strategy not in ("none", "ddp", "fsdp2"):
         raise ConfigError(f"parallel={strategy!r} is invalid; use none, ddp or fsdp2")
@@ -175,9 +183,15 @@ def wrap_model(model: nn.Module, strategy: str = "none", device: torch.device | 
         return DDP(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
     from torch.distributed.fsdp import fully_shard
 
-    for unit in _shard_units(model, keep_in_root):
+    ignored = {p for n, p in model.named_parameters() if _under(n, replicate)}
+    trained = sorted(n for n, p in model.named_parameters() if p.requires_grad and _under(n, replicate))
+    if trained:
+        raise ConfigError(f"FSDP2 replicates {list(replicate)} outside the sharded groups, so they must be frozen, "
+                          f"but {len(trained)} of their parameters are trainable (e.g. {trained[0]}); freeze them "
+                          "(e.g. mllm.freeze_vision: true) or use parallel=ddp")
+    for unit in _shard_units(model, list(keep_in_root) + list(replicate)):
         fully_shard(unit)
-    fully_shard(model)
+    fully_shard(model, ignored_params=ignored or None)
     if hasattr(model, "set_reduce_scatter_unused_params"):
         model.set_reduce_scatter_unused_params(True)
     return model
