@@ -54,6 +54,7 @@ from ..train import parallel
 from ..train.loop import (LRLambda, RunLogger, check_config_compatible, find_resume_checkpoint, image_grid,
                           seed_everything, select_trainable)
 from ..train.models import add_lora, merge_lora_state, save_transformer_folder
+from ..train.cli import parse_config_args
 from ..train.parallel import DistInfo, print0
 from .advantages import group_advantages, grpo_advantages, nonzero_mask
 from .config import PHASES, SepGRPOConfig, config_to_yaml, load_config
@@ -667,30 +668,11 @@ def _write_eval_summary(out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     """``thinkgen train sepgrpo --config PATH [--print-config] [--key=value ...]``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
+    parsed = parse_config_args(argv) if argv else None
+    if parsed is None:
         print(USAGE)
         return 0
-    path, overrides, print_only = None, [], False
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a in ("-h", "--help"):
-            print(USAGE)
-            return 0
-        if a == "--print-config":
-            print_only = True
-        elif a == "--config":
-            if i + 1 >= len(argv):
-                raise ConfigError("--config needs a path")
-            path = argv[i + 1]
-            i += 1
-        elif a.startswith("--config="):
-            path = a.split("=", 1)[1]
-        elif a.startswith("--") and "=" in a:
-            overrides.append(a)
-        else:
-            raise ConfigError(f"argument {a!r} is not --config PATH, --print-config or --key=value")
-        i += 1
+    path, overrides, print_only = parsed
     cfg = load_config(path, overrides)
     if print_only:
         print(config_to_yaml(cfg), end="")

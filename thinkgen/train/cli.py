@@ -22,19 +22,16 @@ Every config field can be overridden as --field=value (YAML syntax: --lr=1e-4, -
 """
 
 
-def parse_args(argv: list[str]) -> tuple[str, str | None, list[str], bool]:
-    argv = list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        return "help", None, [], False
-    kind = argv.pop(0)
-    if kind not in ("dit", "mllm"):
-        raise ConfigError(f"unknown trainer {kind!r}; use `thinkgen train dit` or `thinkgen train mllm`")
+def parse_config_args(argv: list[str]) -> tuple[str | None, list[str], bool] | None:
+    """``[--config PATH] [--print-config] [--key=value ...]`` -> (config path, overrides, print only); None for help.
+
+    Shared by every config-driven command (``train dit|mllm``, ``train sepgrpo``)."""
     config_path, overrides, print_only = None, [], False
     i = 0
     while i < len(argv):
         a = argv[i]
         if a in ("-h", "--help"):
-            return "help", None, [], False
+            return None
         if a == "--print-config":
             print_only = True
         elif a == "--config":
@@ -47,9 +44,22 @@ def parse_args(argv: list[str]) -> tuple[str, str | None, list[str], bool]:
         elif a.startswith("--") and "=" in a:
             overrides.append(a)
         else:
-            raise ConfigError(f"argument {a!r} is not --config PATH or --key=value")
+            raise ConfigError(f"argument {a!r} is not --config PATH, --print-config or --key=value")
         i += 1
-    return kind, config_path, overrides, print_only
+    return config_path, overrides, print_only
+
+
+def parse_args(argv: list[str]) -> tuple[str, str | None, list[str], bool]:
+    argv = list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        return "help", None, [], False
+    kind = argv.pop(0)
+    if kind not in ("dit", "mllm"):
+        raise ConfigError(f"unknown trainer {kind!r}; use `thinkgen train dit` or `thinkgen train mllm`")
+    parsed = parse_config_args(argv)
+    if parsed is None:
+        return "help", None, [], False
+    return (kind, *parsed)
 
 
 def main_train(argv: list[str] | None = None) -> int:
