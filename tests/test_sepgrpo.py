@@ -474,3 +474,85 @@ def test_nano_category_scenarios():
         nano_prompt_items(["understanding/count"], "train", 1, seed=0)
     with pytest.raises(ConfigError, match="counting_stars"):
         load_config(CONFIGS / "sepgrpo_nano.yaml", ["--nano_families={composition/counting_stars: 1.0}"])
+
+
+# ----------------------------------------------------------------------------------------------- direction
+def _dit_rollout_logps(dit, roll, cfg) -> torch.Tensor:
+    """(B, S_trained) per-step log-probs of the stored transitions under ``dit`` (the update's recomputation)."""
+    from thinkgen import flow
+    from thinkgen.sampling import Guidance, guided_velocity
+
+    ts = roll.timesteps
+    S = ts.numel() - 1
+    guidance = Guidance(text_scale=cfg.guidance_scale, image_scale=cfg.image_guidance_scale)
+    out = []
+    with torch.no_grad():
+        for j in roll.train_steps:
+            x, x_next = roll.states[:, j], roll.states[:, j + 1]
+            v = guided_velocity(dit, x, ts[j].to(x.dtype), roll.cond, roll.neg, guidance, j, S)
+            out.append(flow.sde_step(x, v, ts[j], ts[j + 1], cfg.noise_level, x_next=x_next,
+                                     t_min=ts[1] if S > 1 else None, kind=cfg.sde_type).logp)
+    return torch.stack(out, dim=1)
+
+
+@pytest.mark.parametrize("sde_type", ["sde", "cps"])
+def test_dit_update_raises_the_logprob_of_advantaged_samples(tiny_ckpt, prompts_file, tmp_path, sde_type):
+    """The sign of the whole DiT-GRPO path: after one update with arbitrary advantages A, the stored transitions'
+    log-probs move along A (sum_i A_i (logp_new - logp_old) > 0), and with -A the other way. (First Adam step:
+    the parameter change is lr * sign(grad), so to first order the objective sum_i A_i logp_i must rise.)"""
+    from thinkgen.rl.dit_grpo import collect_image_rollouts, dit_grpo_update, mllm_conditions
+    from thinkgen.rl.sepgrpo import _optimizer_step, build_run, close_run
+
+    moves = []
+    for sign in (1.0, -1.0):
+        cfg = tiny_cfg(tiny_ckpt, tmp_path / f"out{sign}", prompts_file, schedule=["dit"],
+                       dit={"sde_type": sde_type, "kl_coef": 0.0, "lr": 1e-4, "group_size": 4, "micro_batch_size": 8})
+        run = build_run(cfg)
+        try:
+            ph, pipe = run.phases["dit"], run.pipe
+            items = run.mixtures["dit"].draw(2, ("direction",))
+            enc = mllm_conditions(pipe.mllm, items, "off", 8, 8)
+            seeds = [[100 * p + g for g in range(4)] for p in range(2)]
+            roll = collect_image_rollouts(pipe, ph.module, items, enc, ph.cfg, seeds, ph.cfg.trained_steps(None))
+            old = _dit_rollout_logps(ph.module, roll, ph.cfg)
+            assert torch.allclose(old, roll.logps[:, roll.train_steps], atol=1e-4)   # = the rollout's own
+            adv = sign * torch.tensor([1.0, -0.5, 0.7, -1.2, 0.3, -0.9, 1.5, -0.9])
+            plan = plan_micro_batches(range(roll.batch_size), ph.cfg.micro_batch_size)
+            dit_grpo_update(ph.policy, ph.reference, roll, adv, plan, ph.cfg)
+            _optimizer_step(ph)
+            new = _dit_rollout_logps(ph.module, roll, ph.cfg)
+            moves.append(float((adv[:, None] * (new - old)).sum()))
+        finally:
+            close_run(run)
+    assert moves[0] > 0 and moves[1] > 0, moves
+
+
+def test_mllm_update_raises_the_logprob_of_advantaged_rollouts(tiny_ckpt, prompts_file, tmp_path):
+    """The sign of the MLLM-GRPO path: one update with advantages A moves the rollouts' token log-probs along A."""
+    from thinkgen.rl.mllm_grpo import collect_text_rollouts, mllm_grpo_update, rollout_logps
+    from thinkgen.rl.sepgrpo import _optimizer_step, build_run, close_run
+
+    moves = []
+    for sign in (1.0, -1.0):
+        cfg = tiny_cfg(tiny_ckpt, tmp_path / f"out{sign}", prompts_file, schedule=["mllm"],
+                       mllm={"kl_coef": 0.0, "lr": 1e-4, "group_size": 4, "micro_batch_size": 8})
+        run = build_run(cfg)
+        try:
+            ph, pipe = run.phases["mllm"], run.pipe
+            items = run.mixtures["mllm"].draw(2, ("direction",))
+            roll = collect_text_rollouts(pipe.mllm, items, ph.cfg, [[100 * p + g for g in range(4)] for p in range(2)])
+            plan = plan_micro_batches(range(roll.batch_size), ph.cfg.micro_batch_size)
+            with torch.no_grad():
+                roll.old_logps = rollout_logps(ph.module, roll, plan, pipe.mllm, ph.cfg.temperature)
+            adv = sign * torch.tensor([1.0, -0.5, 0.7, -1.2, 0.3, -0.9, 1.5, -0.9])
+            mllm_grpo_update(ph.policy, roll, adv, plan, pipe.mllm, ph.cfg)
+            _optimizer_step(ph)
+            with torch.no_grad():
+                new = rollout_logps(ph.module, roll, plan, pipe.mllm, ph.cfg.temperature)
+            mask = torch.zeros_like(new)
+            for b, m in enumerate(roll.completion_mask):
+                mask[b, : len(m)] = torch.tensor(m, dtype=torch.float32)
+            moves.append(float((adv[:, None] * (new - roll.old_logps) * mask).sum()))
+        finally:
+            close_run(run)
+    assert moves[0] > 0 and moves[1] > 0, moves
