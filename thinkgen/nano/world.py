@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from thinkgen.errors import InvalidInputError
+from thinkgen.positions import relative_position as _geneval_relation
 
 # --------------------------------------------------------------------------------------------------------------------
 # constants
@@ -382,31 +383,11 @@ def rendered_caption(spec: SceneSpec) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# GenEval position rule (evaluation/evaluate_images.py relative_position, POSITION_THRESHOLD = 0.1)
+# GenEval position rule (one implementation for the nano scorers and the GenEval reward: thinkgen.positions)
 # --------------------------------------------------------------------------------------------------------------------
-POSITION_THRESHOLD = 0.1
-
-
 def relative_position(a: Obj, b: Obj) -> set[str]:
-    """Relations that hold for A relative to B under GenEval's rule (box centres, 0.1*(dimA+dimB) dead zone)."""
-    ax0, ay0, ax1, ay1 = a.box
-    bx0, by0, bx1, by1 = b.box
-    off = np.array([(ax0 + ax1) / 2 - (bx0 + bx1) / 2, (ay0 + ay1) / 2 - (by0 + by1) / 2])
-    dim = np.array([ax1 - ax0 + bx1 - bx0, ay1 - ay0 + by1 - by0])
-    revised = np.maximum(np.abs(off) - POSITION_THRESHOLD * dim, 0) * np.sign(off)
-    if np.all(np.abs(revised) < 1e-3):
-        return set()
-    dx, dy = revised / np.linalg.norm(off)
-    rel = set()
-    if dx < -0.5:
-        rel.add("left of")
-    if dx > 0.5:
-        rel.add("right of")
-    if dy < -0.5:
-        rel.add("above")
-    if dy > 0.5:
-        rel.add("below")
-    return rel
+    """Relations that hold for A relative to B under GenEval's rule (thinkgen.positions)."""
+    return _geneval_relation(a.box, b.box)
 
 
 # --------------------------------------------------------------------------------------------------------------------
