@@ -114,6 +114,7 @@ BAD = [
     ({"dit": {"sde_type": "ode"}}, "sde_type"),
     ({"rounds": 0}, "rounds"),
     ({"parallel": "deepspeed"}, "parallel"),
+    ({"parallel": "fsdp2", "mllm": {"freeze_vision": False}}, "vision tower is replicated"),
     ({"mllm": {"group_sise": 4}}, "did you mean group_size"),
     ({"mllm": {"group_size": "four"}}, "expected an integer"),
     ({"allow_config_change": ["mllm.nope"]}, "not a config field"),

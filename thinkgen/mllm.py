@@ -337,7 +337,6 @@ def _keep_rng(device: torch.device, active: bool):
         yield
 
 
-# ----------------------------------------------------------------------------------------------------- tiny model
 def synced_generation(model: torch.nn.Module) -> bool:
     """True when ``model`` is FSDP2-sharded across several processes: ``generate`` must then keep every rank
     decoding until all ranks are done (HF ``synced_gpus``), because each forward all-gathers the sharded weights
@@ -352,6 +351,7 @@ def synced_generation(model: torch.nn.Module) -> bool:
         and tdist.get_world_size() > 1
 
 
+# ----------------------------------------------------------------------------------------------------- tiny model
 def _mrope_section(head_dim: int) -> list[int]:
     half = head_dim // 2
     hw = max(1, (half * 5) // 16)            # 64 -> [24, 20, 20] like Qwen3-VL; 4 -> [2, 1, 1]

@@ -367,6 +367,10 @@ class SepGRPOConfig:
             raise _bad("dtype", self.dtype, "must be 'float32' or 'bfloat16'", "e.g. --dtype=float32")
         if self.parallel not in PARALLEL:
             raise _bad("parallel", self.parallel, f"must be one of {PARALLEL}", "e.g. --parallel=ddp")
+        if self.parallel == "fsdp2" and "mllm" in self.schedule and not (self.mllm.lora or self.mllm.freeze_vision):
+            raise _bad("mllm.freeze_vision", self.mllm.freeze_vision, "under parallel=fsdp2 the vision tower is "
+                       "replicated outside FSDP (HF generate calls it outside the root forward), so it cannot train",
+                       "use --mllm.freeze_vision=true, or --parallel=ddp to train the vision tower")
         if not (self.resume in ("auto", "never") or self.resume):
             raise _bad("resume", self.resume, "must be 'auto', 'never' or a checkpoint folder", "e.g. --resume=auto")
         known = set(flat_field_names())

@@ -20,9 +20,9 @@ Simplifications and choices (the paper gives no hyper-parameters, paper.md §7):
 * MLLM rollouts use HF ``generate`` through ``ThinkGenMLLM.think`` (vLLM is not wired in). Under
   ``parallel: fsdp2`` both models are sharded block by block (the DiT's reference refiner stays in the root group;
   the MLLM's vision tower is replicated outside FSDP and must stay frozen) and so are full-fine-tuning reference
-  copies; a sharded MLLM decodes with HF ``synced_gpus``
-  (every rank keeps stepping until the longest rollout on any rank is done), and every rank makes the same number
-  of MLLM / DiT calls per step (equal prompt shards, equalised micro-batch counts, padded evaluation shards).
+  copies; a sharded MLLM decodes with HF ``synced_gpus`` (every rank keeps stepping until the longest rollout on
+  any rank is done), and every rank makes the same number of MLLM / DiT calls per step (equal prompt shards,
+  equalised micro-batch counts, padded evaluation shards).
 * Advantages: MLLM = EasyR1 ``grpo`` (unbiased group std); DiT = Flow-GRPO per-prompt mean with ``dit.adv_std``
   (global by default). NaN rewards and tied groups give advantage 0; zero-advantage samples are dropped.
 * Rollouts are sharded by prompt (all G samples of a prompt on one rank), so groups never straddle ranks; rewards
@@ -51,10 +51,10 @@ from ..errors import CheckpointError, ConfigError, ThinkgenError
 from ..mllm import ThinkGenMLLM
 from ..sampling import DiTConditions
 from ..train import parallel
+from ..train.cli import parse_config_args
 from ..train.loop import (LRLambda, RunLogger, check_config_compatible, find_resume_checkpoint, image_grid,
                           seed_everything, select_trainable)
 from ..train.models import add_lora, merge_lora_state, save_transformer_folder
-from ..train.cli import parse_config_args
 from ..train.parallel import DistInfo, print0
 from .advantages import group_advantages, grpo_advantages, nonzero_mask
 from .config import PHASES, SepGRPOConfig, config_to_yaml, load_config
