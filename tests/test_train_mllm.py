@@ -176,3 +176,70 @@ def test_sample_loss_reduction_trains_and_bad_value_is_refused(assets, tmp_path)
     train_mllm(cfg)
     losses = [json.loads(l)["train/loss"] for l in (tmp_path / "run" / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3, losses
+
+
+def test_token_loss_equals_hf_causal_lm_loss(assets, mllm):
+    """The trainer computes the "token" reduction itself (to capture features in the same forward); it must equal
+    the model's own causal-LM loss."""
+    from thinkgen.train.mllm_sft import lm_token_loss
+
+    batcher = SFTBatcher(build_mixture([(str(assets[1]), 1.0)], purpose="mllm", shuffle_buffer=1), 4)
+    batch = build_sft_batch(mllm.processor, next(batcher), max_seq_len=512, max_image_pixels=64 * 64)
+    with torch.no_grad():
+        out = mllm.model(**batch, use_cache=False)
+    assert torch.allclose(lm_token_loss(out.logits, batch["labels"]), out.loss, atol=1e-5)
+
+
+def test_capture_features_equals_forward_features(mllm):
+    from thinkgen.mllm import capture_features
+
+    enc = mllm.processor([mllm.tokenizer.apply_chat_template([{"role": "user", "content": "a red square"}],
+                                                              tokenize=False)], padding_side="right")
+    with torch.no_grad(), capture_features(mllm.model) as cap:
+        mllm.model(**enc, use_cache=False)
+        want = mllm.forward_features(enc)
+    assert cap["features"].shape == want.shape == (1, enc["input_ids"].shape[1], mllm.feature_dim)
+    assert torch.allclose(cap["features"], want, atol=1e-5)
+
+
+def test_anchor_rows_and_loss():
+    from thinkgen.train.mllm_sft import anchor_loss, anchor_rows
+
+    recs = [{"task_type": "t2i", "instruction": "draw a cat", "images": []},
+            {"task_type": "understanding", "instruction": "what is it", "images": []},
+            {"task_type": "edit", "instruction": "make it red", "images": ["img"], "input_images": ["x.png"]}]
+    assert anchor_rows(recs) == [{"task_type": "anchor", "instruction": "draw a cat", "images": []}]
+    ref = torch.randn(2, 3, 4)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    assert anchor_loss(ref.clone(), ref, mask).item() == 0.0
+    moved = ref.clone()
+    moved[0, 2] += 100.0                                 # a padded position: ignored
+    assert anchor_loss(moved, ref, mask).item() == 0.0
+    moved[1, 0] = 0.0                                    # a real position: counted, relative to the reference norm
+    want = ref[1, 0].pow(2).sum() / (ref[0, :2].pow(2).sum() + ref[1, 0].pow(2).sum())
+    assert torch.allclose(anchor_loss(moved, ref, mask), want)
+
+
+def test_feature_anchoring_keeps_the_dit_features(assets, mllm, tmp_path):
+    """Same data, same steps: with anchor_weight the no-think features of text-only prompts (what a frozen DiT
+    reads) move far less than without, while the run still trains (vision tower included)."""
+    from thinkgen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="anchor_weight"):
+        cfg_for(assets, tmp_path / "bad", anchor_weight=-1.0)
+    with pytest.raises(ConfigError, match="fsdp2"):
+        cfg_for(assets, tmp_path / "bad", anchor_weight=1.0, parallel="fsdp2")
+    kw = dict(max_steps=8, save_every=0, lr=1e-3, freeze_vision=False)
+    free = train_mllm(cfg_for(assets, tmp_path / "free", **kw))
+    anch = train_mllm(cfg_for(assets, tmp_path / "anch", anchor_weight=100.0, **kw))
+    prompts = ["draw a red circle", "draw a blue square", "a green triangle"]
+
+    def drift(final):
+        m = ThinkGenMLLM.from_pretrained(final / "mllm", final / "processor")
+        a, b = mllm.encode_instructions(prompts).features, m.encode_instructions(prompts).features
+        return float(((a - b).pow(2).sum() / a.pow(2).sum()).sqrt())
+
+    d_free, d_anch = drift(free), drift(anch)
+    assert d_anch < 0.5 * d_free, (d_anch, d_free)
+    before, after = load_file(str(assets[0] / "mllm" / M)), load_file(str(anch / "mllm" / M))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("model.visual."))

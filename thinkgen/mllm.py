@@ -352,6 +352,30 @@ def synced_generation(model: torch.nn.Module) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------- tiny model
+@contextmanager
+def capture_features(model: torch.nn.Module):
+    """Forward hooks that record the DiT features of the next forward of ``model`` (a Qwen3-VL for conditional
+    generation, possibly wrapped): yields a dict whose ``"features"`` is cat(raw output of decoder layer n-2, final
+    RMSNorm output), (B, T, 2H), once that forward has run. Gradients flow if the forward records them."""
+    inner = model.module if hasattr(model, "module") and not hasattr(model, "model") else model
+    lm = inner.model.language_model
+    captured: dict[str, Tensor] = {}
+
+    def grab_layer(_m, _a, out):
+        captured["prev"] = out[0] if isinstance(out, tuple) else out
+
+    def grab_norm(_m, _a, out):
+        captured["last"] = out
+        captured["features"] = torch.cat([captured["prev"], out], dim=-1)
+
+    handles = [lm.layers[-2].register_forward_hook(grab_layer), lm.norm.register_forward_hook(grab_norm)]
+    try:
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _mrope_section(head_dim: int) -> list[int]:
     half = head_dim // 2
     hw = max(1, (half * 5) // 16)            # 64 -> [24, 20, 20] like Qwen3-VL; 4 -> [2, 1, 1]
@@ -476,9 +500,6 @@ class ThinkGenMLLM:
         return next(self.model.parameters()).dtype
 
     # -- features
-    def _text_model(self):
-        return self.model.model.language_model
-
     def forward_features(self, batch: dict[str, Tensor]) -> Tensor:
         """(B, T, 2H) = cat(raw output of decoder layer n-2, final-norm output) for every position.
 
@@ -489,15 +510,6 @@ class ThinkGenMLLM:
         version-independent.) With images the model's own 3-D rope index, which reads the attention mask, is used.
         Gradients flow if the caller enables them (encode_instructions/think run under no_grad).
         """
-        lm = self._text_model()
-        captured: dict[str, Tensor] = {}
-
-        def grab_layer(_m, _a, out):
-            captured["prev"] = out[0] if isinstance(out, tuple) else out
-
-        def grab_norm(_m, _a, out):
-            captured["last"] = out
-
         batch = {k: v.to(self.device) for k, v in batch.items()}
         mask = batch["attention_mask"]
         kwargs = dict(batch)
@@ -505,15 +517,11 @@ class ThinkGenMLLM:
             kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
         if "pixel_values" in kwargs:
             kwargs["pixel_values"] = kwargs["pixel_values"].to(self.dtype)
-        handles = [lm.layers[-2].register_forward_hook(grab_layer), lm.norm.register_forward_hook(grab_norm)]
-        try:
+        with capture_features(self.model) as captured:
             # through the top-level module (an FSDP2-sharded model gathers its root weights -- embeddings, vision
             # tower, final norm -- only there); logits for one position only, the features come from the hooks
             self.model(**kwargs, use_cache=False, logits_to_keep=1)
-        finally:
-            for h in handles:
-                h.remove()
-        return torch.cat([captured["prev"], captured["last"]], dim=-1)
+        return captured["features"]
 
     @torch.no_grad()
     def encode_instructions(self, instructions: list[str], num_images: list[int] | None = None,

@@ -79,13 +79,26 @@ def run_images(pipe, samples, mode: str, seeds: int, d: dict, args) -> list[dict
     return recs
 
 
+UNDERSTANDING_TOKENS = 128   # room for a think trace that describes the scene before the short answer
+
+
+def split_thoughts(text: str) -> tuple[str, str]:
+    """(thoughts, answer) of a chat reply: the answer is what follows the last ``</think>`` (the whole text when
+    the model did not think)."""
+    if "</think>" not in text:
+        return "", text.strip()
+    head, _, tail = text.rpartition("</think>")
+    return head.replace("<think>", "").strip(), tail.strip()
+
+
 def run_understanding(pipe, samples) -> list[dict]:
     recs = []
     for s in samples:
-        text = pipe.chat(s.question or s.prompt, images=[s.input_image()], max_new_tokens=16)
-        r = score_answer(s, text)
+        text = pipe.chat(s.question or s.prompt, images=[s.input_image()], max_new_tokens=UNDERSTANDING_TOKENS)
+        thoughts, answer = split_thoughts(text)
+        r = score_answer(s, answer)
         recs.append({"family": "understanding", "category": s.category, "think": "n/a", "seed": None,
-                     "prompt": s.question or s.prompt, "instruction": text, "thoughts": "",
+                     "prompt": s.question or s.prompt, "instruction": answer, "thoughts": thoughts,
                      "correct": bool(r["correct"]), "score": float(r["score"]), "answer_correct": None,
                      "_sample": s, "_image": None})
     return recs

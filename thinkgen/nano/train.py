@@ -15,6 +15,13 @@ project trainers resume unfinished ones from their last checkpoint). Stages:
    warm-up + cosine) from the first.
 4. ``vision`` - the vision tower alone (language model frozen) on the image-input SFT records. The DiT's features
    are text-only no-think features, so they are unchanged by this stage (``stage_final`` checks it).
+   ``vision_pre`` - dense pretraining of that tower (``thinkgen.nano.vision``): every merged visual token predicts
+   the kind / colour / size / sign letter covering its cell, the concatenated tokens the 3x3 slots, on fresh exact
+   scenes at ``understand_side`` px (16 tokens per scene at 128 px).
+   ``und_data`` + ``understand`` - MLLM SFT (project trainer) on scene captions + VQA whose answers follow a think
+   trace describing the scene, with the generation SFT records; the text-only DiT features stay anchored to the
+   vision-stage MLLM (``anchor_weight``), so the DiT stages below (trained on that MLLM's features) still fit.
+   ``final`` ships this MLLM (its processor at ``understand_side``).
 5. ``dit1``   - the project's DiT trainer, paper stage 1: connector (caption embedder) + prepad states only,
    pseudo-CoT no-think features of the frozen SFT MLLM.
 6. ``dit2``   - paper stage 2: the whole DiT on the same pseudo-CoT data (composition, reasoning targets, text,
@@ -40,7 +47,7 @@ from pathlib import Path
 
 import torch
 
-STAGES = ("data", "vae", "mllm", "mllm2", "vision", "dit1", "dit2", "dit3", "focus_data", "dit4", "final", "eval")
+STAGES = ("data", "vae", "mllm", "mllm2", "vision", "vision_pre", "und_data", "understand", "dit1", "dit2", "dit3", "focus_data", "dit4", "final", "eval")
 # ``dit4`` ("focus"): a continuation on a second DiT set weighted to text rendering and editing, a share of it in the
 # think-on feature format (``condition: think`` records), so the painter also learns the features it sees with think
 # on. Family weights of that set:
@@ -73,6 +80,17 @@ class Recipe:
     dit4_lr: float = 5e-4
     focus_n_dit: int = 16000     # DiT pairs of the focus set (data_focus/dit.jsonl)
     focus_think_fraction: float = 0.4
+    # understanding ("eyes"): dense pretraining of the vision tower on exact per-token labels (thinkgen.nano.vision),
+    # then SFT on captions + VQA with the text-only DiT features anchored to the vision-stage MLLM. The MLLM then
+    # sees scenes at understand_side px (16 visual tokens at 128 instead of 4 at 64).
+    understand_side: int = 128
+    vision_pre_steps: int = 0
+    vision_pre_lr: float = 2e-3
+    und_n_qa: int = 12000
+    und_n_captions: int = 12000
+    understand_steps: int = 0
+    understand_lr: float = 1e-3
+    understand_anchor: float = 30.0
     sample_steps: int = 20
     eval_n: int = 8
     eval_seeds: int = 2
@@ -84,6 +102,9 @@ class Recipe:
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise ValueError(f"recipe {f.name}={v!r} must be a number >= 0 (e.g. --set {f.name}=...)")
+        if self.understand_side % 32 or self.understand_side < 32:
+            raise ValueError(f"recipe understand_side={self.understand_side!r} must be a multiple of 32 (16 px patches "
+                             "merged 2x2), e.g. --set understand_side=128")
         for name in ("n_sft", "n_dit", "vae_batch", "mllm_batch", "dit_batch", "sample_steps", "eval_seeds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"recipe {name}={getattr(self, name)!r} must be >= 1")
@@ -96,18 +117,21 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "smoke": Recipe("smoke", n_sft=24, n_dit=24, vae_steps=2, vae_batch=2, mllm_steps=2, mllm_batch=2, mllm_lr=1e-3,
-                    mllm2_steps=2, vision_steps=2, dit3_steps=2, dit4_steps=2, focus_n_dit=24,
+                    mllm2_steps=2, vision_steps=2, vision_pre_steps=2, und_n_qa=8, und_n_captions=8,
+                    understand_steps=2, understand_side=64, dit3_steps=2, dit4_steps=2, focus_n_dit=24,
                     dit1_steps=2, dit2_steps=2, dit_batch=2, dit1_lr=1e-3, dit2_lr=1e-3, sample_steps=2, eval_n=2,
                     eval_seeds=1),
     # the shipped checkpoint: about 85 min of wall time on a shared 2-core CPU (VAE next to the MLLM SFT)
     "quick": Recipe("quick", n_sft=6000, n_dit=6000, vae_steps=800, vae_batch=16, mllm_steps=700, mllm_batch=16,
                     mllm_lr=2e-3, dit1_steps=100, dit2_steps=4000, dit_batch=16, dit1_lr=2e-3, dit2_lr=1e-3,
-                    mllm2_steps=1600, vision_steps=1000, dit3_steps=2400, dit4_steps=4000),
+                    mllm2_steps=1600, vision_steps=1000, dit3_steps=2400, dit4_steps=4000, vision_pre_steps=3000,
+                    understand_steps=4000),
     # bigger DiT and longer schedules, for a GPU or dedicated cores (NOT measured on the 2-core box; quick is the
     # measured <= 2 h CPU recipe: about 85 min of wall time there)
     "full": Recipe("full", n_sft=12000, n_dit=12000, vae_steps=1200, vae_batch=16, mllm_steps=1800, mllm_batch=16,
                    mllm_lr=2e-3, dit1_steps=200, dit2_steps=6000, dit_batch=16, dit1_lr=2e-3, dit2_lr=1e-3,
-                   mllm2_steps=2000, vision_steps=1500, dit3_steps=3000, dit4_steps=4000),
+                   mllm2_steps=2000, vision_steps=1500, dit3_steps=3000, dit4_steps=4000, vision_pre_steps=3000,
+                   understand_steps=6000),
 }
 
 
@@ -263,6 +287,78 @@ def stage_vision(out: Path, r: Recipe, seed: int, device: str) -> Path | None:
     return dst
 
 
+def vision_final(out: Path) -> Path:
+    """The MLLM the DiT stages train on: the vision stage's (same language model as SFT) or the SFT result."""
+    vision = out / "mllm" / "vision"
+    return vision if (vision / "mllm").is_dir() else sft_final(out)
+
+
+def stage_vision_pre(out: Path, r: Recipe, seed: int, device: str) -> Path | None:
+    """Dense pretraining of the vision tower (``thinkgen.nano.vision.pretrain_vision``) from the vision-stage MLLM,
+    with the processor at ``understand_side`` px. Writes ``OUT/mllm/vision_pre/{mllm,processor}``."""
+    from thinkgen.mllm import ThinkGenMLLM
+    from thinkgen.nano.vision import pretrain_vision
+    from thinkgen.processor import ThinkGenProcessor
+
+    if r.vision_pre_steps <= 0:
+        return None
+    src = vision_final(out)
+    mllm = ThinkGenMLLM.from_pretrained(src / "mllm", src / "processor").to(device)
+    px = r.understand_side ** 2
+    mllm.processor = ThinkGenProcessor(mllm.processor.tokenizer, min_pixels=px, max_pixels=px)
+    acc = pretrain_vision(mllm, r.vision_pre_steps, lr=r.vision_pre_lr, seed=seed + 3, log=_log)
+    _log(f"vision_pre: held-out probe accuracies {acc}")
+    dst = out / "mllm" / "vision_pre"
+    tmp = out / "mllm" / ".vision_pre.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    mllm.to("cpu").save_pretrained(tmp / "mllm", tmp / "processor")
+    (tmp / "probe_accuracy.json").write_text(json.dumps(acc, indent=2) + "\n")
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)
+    return dst
+
+
+def stage_und_data(out: Path, r: Recipe, seed: int) -> dict:
+    from thinkgen.nano.vision import write_understanding_data
+
+    return write_understanding_data(out / "data_und", r.und_n_qa, r.und_n_captions, seed=seed + 21,
+                                    sft_jsonl=out / "data" / "sft.jsonl")
+
+
+def stage_understand(out: Path, r: Recipe, seed: int, device: str, overrides: dict) -> Path | None:
+    """The project's MLLM SFT from ``vision_pre`` on captions + VQA (answers after a think trace that describes the
+    scene) + the generation SFT records (with their think traces), vision tower trained, per-sample loss, text-only DiT features anchored to the vision-stage MLLM
+    (``anchor_weight``), so the DiT trained on that MLLM's features keeps its conditioning."""
+    from thinkgen.train.config import mllm_sft
+    from thinkgen.train.mllm_sft import train_mllm
+
+    if r.understand_steps <= 0:
+        return None
+    start = out / "mllm" / "vision_pre"
+    if not (start / "mllm").is_dir():
+        start = vision_final(out)
+    cfg = mllm_sft(**{**dict(
+        model_dir=str(start), data=[{"path": str(out / "data_und" / "vqa.jsonl"), "ratio": 0.35},
+                                    {"path": str(out / "data_und" / "captions.jsonl"), "ratio": 0.3},
+                                    {"path": str(out / "data_und" / "sft_gen.jsonl"), "ratio": 0.35}],
+        output_dir=str(out / "mllm" / "understand"), seed=seed + 4, lr=r.understand_lr, warmup_steps=100,
+        lr_schedule="cosine", min_lr_ratio=0.05, max_steps=r.understand_steps, batch_size=r.mllm_batch,
+        max_seq_len=512, max_image_pixels=r.understand_side ** 2, freeze_vision=False, weight_decay=0.0,
+        loss_reduction="sample", anchor_weight=r.understand_anchor, anchor_model_dir=str(vision_final(out)),
+        device=device, log_every=50, save_every=250, keep_last=1, shuffle_buffer=2000),
+        **overrides.get("understand", {})})
+    return train_mllm(cfg)
+
+
+def feature_drift(a, b, prompts: list[str]) -> float:
+    """Relative L2 distance of the no-think DiT features two MLLMs give the same prompts."""
+    with torch.no_grad():
+        fa, fb = a.encode_instructions(prompts).features, b.encode_instructions(prompts).features
+    return float(((fa - fb).pow(2).sum() / fa.pow(2).sum()).sqrt())
+
+
 def assemble_base(out: Path, r: Recipe, seed: int) -> Path:
     """Released-layout folder for the DiT trainer: SFT MLLM + trained VAE + random DiT + scheduler."""
     from thinkgen.loading import load_vae_strict
@@ -351,6 +447,16 @@ def stage_final(out: Path, r: Recipe, from_checkpoint: bool = False, dest: Path 
         if any(not torch.equal(lm_old[k], lm_new[k]) for k in lm_old):
             raise SystemExit("the vision stage changed language-model weights; refusing to mix it with the DiT")
         base = ThinkGenPipeline(vm, base.transformer, base.vae, base.scheduler)
+    und = out / "mllm" / "understand" / "final"
+    und_mllm = None
+    if (und / "mllm").is_dir() and dest is None:       # the shipped MLLM; DiT-stage bases keep the vision-stage one
+        from thinkgen.mllm import ThinkGenMLLM
+        from thinkgen.nano.prompts import generate
+
+        und_mllm = ThinkGenMLLM.from_pretrained(und / "mllm", und / "processor")
+        prompts = [s_.prompt for f_ in ("composition", "text", "reasoning") for s_ in generate(f_, 16, seed=5, split="heldout")]
+        _log(f"final: understanding MLLM; no-think DiT feature drift vs the vision-stage MLLM "
+             f"{feature_drift(base.mllm, und_mllm, prompts):.4f} (relative L2, 48 held-out prompts)")
     if source is None:
         source = next(s_ for s_, n_ in (("dit4", r.dit4_steps), ("dit3", r.dit3_steps), ("dit2", 1))
                       if n_ > 0 and (out / s_).is_dir())
@@ -373,6 +479,8 @@ def stage_final(out: Path, r: Recipe, from_checkpoint: bool = False, dest: Path 
     from thinkgen.nano.models import build_processor, sizes
 
     base.mllm.processor = build_processor(base.mllm.processor.tokenizer, sizes(r.sizes))  # SFT image size
+    if und_mllm is not None:
+        base = ThinkGenPipeline(und_mllm, base.transformer, base.vae, base.scheduler)   # its own processor (128 px)
     pipe = ThinkGenPipeline(base.mllm, dit, base.vae, base.scheduler, name="thinkgen-nano")
     dest = dest or out / "final"
     pipe.save_pretrained(dest)
@@ -474,6 +582,9 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads or os.cpu_count() or 1)
     run("mllm2", lambda: stage_mllm2(out, r, a.seed, a.device, tset))
     run("vision", lambda: stage_vision(out, r, a.seed, a.device))
+    run("vision_pre", lambda: stage_vision_pre(out, r, a.seed, a.device))
+    run("und_data", lambda: stage_und_data(out, r, a.seed) if r.understand_steps > 0 else None)
+    run("understand", lambda: stage_understand(out, r, a.seed, a.device, tset))
     run("dit1", lambda: stage_dit(out, r, a.seed, a.device, "dit1", tset))
     run("dit2", lambda: stage_dit(out, r, a.seed, a.device, "dit2", tset))
     run("dit3", lambda: stage_dit(out, r, a.seed, a.device, "dit3", tset) if r.dit3_steps > 0 else None)

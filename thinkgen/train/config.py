@@ -252,9 +252,22 @@ class MLLMSFTConfig(TrainConfigBase):
     # "token": mean over every supervised token of the batch (HF's loss; long think traces dominate);
     # "sample": mean over each sample's tokens, then over samples (a one-word VQA answer weighs as much as a trace)
     loss_reduction: str = "token"
+    # Feature anchoring: keep the DiT-conditioning features (cat(layer n-2, final norm), every position) of the
+    # text-only records close to those of a frozen reference MLLM while the model learns something else (e.g. image
+    # understanding), so a DiT trained on the reference's features keeps working. Loss += anchor_weight *
+    # sum|f - f_ref|^2 / sum|f_ref|^2 over those rows, each text-only generation record also fed in the no-think
+    # form the DiT sees with thinking off. anchor_model_dir: a folder with mllm/ + processor/ (default model_dir).
+    anchor_weight: float = 0.0
+    anchor_model_dir: str = ""
 
     def __post_init__(self):
         super().__post_init__()
+        if not self.anchor_weight >= 0:
+            raise _bad("anchor_weight", self.anchor_weight, "must be >= 0 (0 = no anchoring)", "e.g. --anchor_weight=10")
+        if self.anchor_weight > 0 and self.parallel == "fsdp2":
+            raise _bad("anchor_weight", self.anchor_weight, "is not supported with parallel=fsdp2 (the frozen "
+                       "reference would run only on ranks whose batch has text-only records)",
+                       "use --parallel=ddp or --anchor_weight=0")
         if self.loss_reduction not in ("token", "sample"):
             raise _bad("loss_reduction", self.loss_reduction, "must be 'token' or 'sample'",
                        "e.g. --loss_reduction=sample")

@@ -22,6 +22,7 @@ import torch
 
 from ..checkpoint import atomic_dir
 from ..errors import ConfigError
+from ..mllm import capture_features
 from . import parallel
 from .config import MLLMSFTConfig
 from .data import DataError, SFTBatcher, build_mixture, validate_jsonl
@@ -38,6 +39,8 @@ def sft_texts(tokenizer, rec: dict) -> tuple[str, str]:
     """(prompt, assistant) strings of one record; the prompt ends with ``<|im_start|>assistant\\n``."""
     from ..mllm import VISION_PLACEHOLDER, build_prompt
 
+    if rec["task_type"] == "anchor":      # label-free no-think row (feature anchoring): everything is prompt
+        return build_prompt(tokenizer, rec["instruction"], 0, mode="nothink"), ""
     n = len(rec.get("input_images") or [])
     think = rec.get("think") or ""
     answer = rec.get("answer")
@@ -199,19 +202,34 @@ def train_mllm(cfg: MLLMSFTConfig) -> Path:
            f"parameters trainable; world size {dinfo.world_size} ({cfg.parallel}); start step {st.step}")
     logger = RunLogger(Path(cfg.output_dir) / "logs", dinfo.is_main, resume_step=st.step)
 
+    anchor = None
+    if cfg.anchor_weight > 0:
+        ref_root = check_model_dir(cfg.anchor_model_dir or cfg.model_dir, ("mllm", "processor"))
+        anchor = load_mllm(ref_root, dtype=torch.float32, device="cpu").model.requires_grad_(False).eval().to(device)
+        print0(f"feature anchoring to {ref_root} (weight {cfg.anchor_weight})")
+
     def loss_fn(records: list[dict]):
-        batch = build_sft_batch(processor, records, cfg.max_seq_len, cfg.max_image_pixels)
+        rows = records + (anchor_rows(records) if anchor is not None else [])
+        batch = build_sft_batch(processor, rows, cfg.max_seq_len, cfg.max_image_pixels)
         batch = {k: v.to(device) for k, v in batch.items()}
         if "pixel_values" in batch:
             batch["pixel_values"] = batch["pixel_values"].to(next(net.parameters()).dtype)
-        if cfg.loss_reduction == "token":
-            with autocast_context(cfg, device):
-                out = model(**batch, use_cache=False)
-            return out.loss, len(records)
         labels = batch.pop("labels")
-        with autocast_context(cfg, device):
+        with autocast_context(cfg, device), capture_features(model) as feats:
             logits = model(**batch, use_cache=False).logits
-        return per_sample_lm_loss(logits, labels), len(records)
+        if cfg.loss_reduction == "token":
+            loss = lm_token_loss(logits, labels)
+        else:
+            loss = per_sample_lm_loss(logits, labels)
+        if anchor is not None:
+            keep = torch.tensor([not r.get("images") for r in rows], device=device)
+            if bool(keep.any()):
+                sub = {"input_ids": batch["input_ids"][keep], "attention_mask": batch["attention_mask"][keep]}
+                with torch.no_grad(), autocast_context(cfg, device), capture_features(anchor) as ref:
+                    anchor(**sub, use_cache=False, logits_to_keep=1)
+                loss = loss + cfg.anchor_weight * anchor_loss(feats["features"][keep], ref["features"],
+                                                              sub["attention_mask"])
+        return loss, len(records)
 
     try:
         if st.step < cfg.max_steps:
@@ -221,6 +239,34 @@ def train_mllm(cfg: MLLMSFTConfig) -> Path:
     finally:
         logger.close()
     return final
+
+
+def anchor_rows(records: list[dict]) -> list[dict]:
+    """Extra label-free rows for feature anchoring: each text-only generation record in the no-think form (the
+    prompt the DiT's features come from with thinking off). The records themselves (think form) are anchored too."""
+    out = []
+    for r in records:
+        if r.get("images") or r.get("input_images") or r["task_type"] == "understanding":
+            continue
+        out.append({"task_type": "anchor", "instruction": r["instruction"], "images": []})
+    return out
+
+
+def anchor_loss(feats: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Relative squared distance sum|f - f_ref|^2 / sum|f_ref|^2 over the attended positions. feats, ref: [B, T, D];
+    mask: [B, T] (1 = real token)."""
+    m = mask.unsqueeze(-1).to(feats.dtype)
+    return ((feats.float() - ref.float()).pow(2) * m).sum() / (ref.float().pow(2) * m).sum().clamp_min(1e-12)
+
+
+def lm_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy averaged over every supervised token of the batch (HF's causal-LM loss)."""
+    tgt = labels[:, 1:]
+    keep = tgt != IGNORE_INDEX
+    if not bool(keep.any()):
+        return logits.sum() * 0.0
+    return torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                                             tgt.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
 def per_sample_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,96 @@
+"""Nano vision pretraining targets, the understanding-stage data, and think-then-answer scoring."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import torch
+
+from thinkgen.nano import world as W
+from thinkgen.nano.vision import (CAPTION_QUESTION, cell_targets, pretrain_vision, scene_caption, slot_targets,
+                                  write_understanding_data)
+
+K, C, S, L = (lambda name: 1 + W.KINDS.index(name)), (lambda c: 1 + W.COLOUR_NAMES.index(c)), \
+    (lambda s: 1 + W.SIZE_NAMES.index(s)), (lambda ch: 1 + W.LETTERS.index(ch))
+
+
+def scene():
+    return W.Scene((W.place("square", "red", "large", (0, 0)), W.place("circle", "blue", "small", (1, 2))), "AB")
+
+
+def test_cell_targets_label_the_covering_object_and_letter():
+    t = cell_targets(scene(), 4)                       # 16 px cells, row-major
+    assert t.shape == (16, 4)
+    assert t[0].tolist() == [K("square"), C("red"), S("large"), 0]          # the square covers cell (0, 0)
+    assert t[15].tolist() == [0, 0, 0, 0]                                     # bottom-right corner: nothing
+    circle_cell = 2 * 4 + 3                            # circle centre (53, 32): column 3, the row below y = 32
+    assert t[circle_cell, :3].tolist() == [K("circle"), C("blue"), S("small")]
+    # sign "AB" is centred: A at x 21..30, B at x 33..42, rows 47..60 -> mostly row 3, columns 1 and 2
+    assert t[3 * 4 + 1, 3].item() == L("A") and t[3 * 4 + 2, 3].item() == L("B")
+    assert (t[:, 3] > 0).sum() <= 6 and not (t[:8, 3] > 0).any()           # letters only in the bottom rows
+    g2 = cell_targets(scene(), 2)                      # coarser grid: the square's quadrant is top left
+    assert g2[0, :3].tolist() == [K("square"), C("red"), S("large")]
+
+
+def test_slot_targets_and_caption():
+    t = slot_targets(scene())
+    assert t.shape == (9 + W.MAX_TEXT, 4)
+    assert t[0, :3].tolist() == [K("square"), C("red"), S("large")] and t[5, :3].tolist() == [K("circle"), C("blue"), S("small")]
+    assert (t[[1, 2, 3, 4, 6, 7, 8]] == 0).all()
+    assert t[9:, 3].tolist() == [L("A"), L("B"), 0, 0]
+    assert scene_caption(scene()) == "large red square top left , small blue circle middle right , sign AB"
+    assert scene_caption(W.Scene((W.place("star", "green", "small", (1, 1)),))) == "small green star centre"
+
+
+def test_pretrain_vision_trains_only_the_tower_and_reports_probe_accuracy():
+    from thinkgen.nano.models import build_mllm, build_nano_tokenizer, sizes
+
+    mllm = build_mllm(build_nano_tokenizer(), sizes("smoke"), seed=0)
+    before = {k: v.clone() for k, v in mllm.model.state_dict().items()}
+    mllm.model.requires_grad_(False)
+    acc = pretrain_vision(mllm, steps=3, batch_size=4, n_heldout=8, log_every=0)
+    assert set(acc) == {f"{w}_{h}" for w in ("token", "slot") for h in ("kind", "colour", "size", "letter")}
+    assert all(0.0 <= v <= 1.0 for v in acc.values())
+    after = mllm.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("model.visual.") for k in changed)
+    assert not any(p.requires_grad for p in mllm.model.parameters())         # requires_grad flags restored
+
+
+def test_understanding_data_thinks_in_captions(tmp_path):
+    from thinkgen.nano.data import write_datasets
+
+    src = write_datasets(tmp_path / "data", 40, 4, seed=0)["sft"]
+    paths = write_understanding_data(tmp_path / "und", 12, 5, seed=3, sft_jsonl=src)
+    vqa = [json.loads(x) for x in paths["vqa"].read_text().splitlines()]
+    assert len(vqa) == 12 and all(r["task_type"] == "understanding" and r["think"] and r["answer"] for r in vqa)
+    from thinkgen.nano.parser import parse
+    from PIL import Image
+
+    for r in vqa[:4]:                                  # the think trace describes the record's own image
+        img = Image.open(paths["vqa"].parent / r["input_images"][0])
+        assert r["think"] == scene_caption(parse(img))
+    caps = [json.loads(x) for x in paths["captions"].read_text().splitlines()]
+    assert len(caps) == 5 and all(r["instruction"] == CAPTION_QUESTION and r["answer"] for r in caps)
+    gen = [json.loads(x) for x in paths["sft_gen"].read_text().splitlines()]
+    n_gen = sum(json.loads(x)["task_type"] != "understanding" for x in Path(src).read_text().splitlines())
+    assert len(gen) == n_gen and all(r["task_type"] != "understanding" for r in gen)
+    for r in gen:
+        for p in r.get("input_images", []) + ([r["output_image"]] if r.get("output_image") else []):
+            assert Path(p).is_absolute() and Path(p).is_file()
+
+
+def test_split_thoughts():
+    from thinkgen.nano.evaluate import split_thoughts
+
+    assert split_thoughts("<think>\nsmall red square centre\n</think>\n\nred") == ("small red square centre", "red")
+    assert split_thoughts("red") == ("", "red")
+    assert split_thoughts("<think>\na\n</think>") == ("a", "")
+
+
+def test_training_scenes_are_seeded():
+    from thinkgen.nano.vision import random_training_scene
+
+    a = [random_training_scene(random.Random(4)).signature() for _ in range(2)]
+    assert a[0] == a[1]

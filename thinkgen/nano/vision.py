@@ -1,0 +1,240 @@
+"""Eyes for the nano MLLM: dense pretraining of the vision tower on the world's exact ground truth, and the data of
+the understanding stage (scene captions + VQA).
+
+Why: with the language-model loss alone a randomly initialised tower learns almost nothing about *where* things are
+(held-out VQA stayed at 0.3-0.4 whatever the resolution, depth or number of steps we tried); the released Qwen3-VL
+tower arrives pretrained. Here the world gives every visual token an exact label, so the tower is pretrained the way
+a detector backbone would be:
+
+* every merged visual token (a cell of the canvas) predicts the kind, colour and size of the object covering most of
+  its cell and the sign letter covering most of it (linear probe shared by all tokens);
+* the concatenated tokens predict the whole 3x3 slot grid and the sign text (global linear probe).
+
+The understanding stage then teaches the language model to read those tokens: scene captions ("small red square
+top left , large blue circle centre , sign AB": every object of the image, in words) next to the VQA records, with
+the DiT-conditioning features of text-only prompts anchored to the SFT model (``MLLMSFTConfig.anchor_weight``).
+
+    pretrain_vision(mllm, steps=3000)         # in place; returns held-out probe accuracies
+    write_understanding_data(folder, 12000, 12000, seed=0)
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from thinkgen.nano import world as W
+
+N_KIND, N_COLOUR, N_SIZE, N_LETTER = len(W.KINDS) + 1, len(W.COLOUR_NAMES) + 1, len(W.SIZE_NAMES) + 1, len(W.LETTERS) + 1
+HEADS = (N_KIND, N_COLOUR, N_SIZE, N_LETTER)          # class 0 = nothing there
+MIN_COVER = 6                                         # pixels of a cell an object / letter must cover to count
+CAPTION_QUESTION = "what shapes are there ?"
+
+
+# ------------------------------------------------------------------------------------------------ exact targets
+def cell_targets(scene: W.Scene, grid: int) -> torch.Tensor:
+    """(grid*grid, 4) long: for each cell of a grid x grid split of the canvas (row-major, as the merged visual
+    tokens), 1 + index of the kind, colour, size of the object covering most of the cell and of the sign letter
+    covering most of it; 0 = none covers MIN_COVER pixels."""
+    if W.CANVAS % grid:
+        raise ValueError(f"grid {grid} does not divide the {W.CANVAS} px canvas")
+    c = W.CANVAS // grid
+    t = torch.zeros(grid * grid, 4, dtype=torch.long)
+    best = np.zeros((grid, grid))
+    for o in scene.objects:
+        cover = W.object_mask(o).reshape(grid, c, grid, c).sum((1, 3))
+        for r, q in zip(*np.nonzero((cover > best) & (cover >= MIN_COVER))):
+            best[r, q] = cover[r, q]
+            t[r * grid + q, :3] = torch.tensor([1 + W.KINDS.index(o.kind), 1 + W.COLOUR_NAMES.index(o.colour),
+                                                1 + W.SIZE_NAMES.index(o.size)])
+    if scene.text:
+        x0, y0 = W.text_origin(len(scene.text))
+        best = np.zeros((grid, grid))
+        for j, ch in enumerate(scene.text):
+            box = np.zeros((W.CANVAS, W.CANVAS))
+            xa = x0 + j * W.GLYPH_ADVANCE
+            box[y0:y0 + W.GLYPH_H * W.GLYPH_SCALE, xa:xa + W.GLYPH_W * W.GLYPH_SCALE] = 1
+            cover = box.reshape(grid, c, grid, c).sum((1, 3))
+            for r, q in zip(*np.nonzero((cover > best) & (cover >= MIN_COVER))):
+                best[r, q] = cover[r, q]
+                t[r * grid + q, 3] = 1 + W.LETTERS.index(ch)
+    return t
+
+
+def slot_targets(scene: W.Scene) -> torch.Tensor:
+    """(9 + MAX_TEXT, 4) long: per slot of the 3x3 grid (row-major) kind / colour / size (letter column 0), then
+    per sign position the letter (other columns 0). 0 = empty."""
+    t = torch.zeros(9 + W.MAX_TEXT, 4, dtype=torch.long)
+    for o in scene.objects:
+        r, q = o.slot
+        t[r * 3 + q, :3] = torch.tensor([1 + W.KINDS.index(o.kind), 1 + W.COLOUR_NAMES.index(o.colour),
+                                         1 + W.SIZE_NAMES.index(o.size)])
+    for j, ch in enumerate(scene.text or ""):
+        t[9 + j, 3] = 1 + W.LETTERS.index(ch)
+    return t
+
+
+def scene_caption(scene: W.Scene) -> str:
+    """Every object in slot order as "size colour kind slot", then "sign TEXT"; joined by " , "."""
+    parts = [f"{o.size} {o.colour} {o.kind} {W.slot_name(o.slot)}" for o in sorted(scene.objects, key=lambda o: o.slot)]
+    if scene.text:
+        parts.append(f"sign {scene.text}")
+    return " , ".join(parts)
+
+
+def random_training_scene(rng: random.Random) -> W.Scene:
+    return W.random_scene(rng, rng.randint(1, W.MAX_COUNT), text_prob=0.5, jitter=rng.choice((0, 0, 1, 2)))
+
+
+# ------------------------------------------------------------------------------------------------ probes + loop
+class VisionProbe(nn.Module):
+    """Linear heads on the merged visual tokens: per token (shared) and over all tokens concatenated (slots)."""
+
+    def __init__(self, dim: int, n_tokens: int):
+        super().__init__()
+        self.n_tokens = n_tokens
+        self.token = nn.Linear(dim, sum(HEADS))
+        self.slots = nn.Linear(dim * n_tokens, (9 + W.MAX_TEXT) * sum(HEADS))
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # tokens (B, N, D) -> logits (B, N, sum(HEADS)) and (B, 9 + MAX_TEXT, sum(HEADS))
+        return self.token(tokens), self.slots(tokens.flatten(1)).view(tokens.shape[0], 9 + W.MAX_TEXT, sum(HEADS))
+
+
+def _head_losses(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+    loss, acc, k = logits.new_zeros(()), [], 0
+    for j, n in enumerate(HEADS):
+        lg = logits[..., k:k + n].reshape(-1, n)
+        tg = target[..., j].reshape(-1)
+        loss = loss + F.cross_entropy(lg.float(), tg)
+        acc.append(float((lg.argmax(-1) == tg).float().mean()))
+        k += n
+    return loss, acc
+
+
+def visual_tokens(mllm, images) -> torch.Tensor:
+    """(B, N, D) merged visual tokens of same-size images (what the language model receives)."""
+    pv = mllm.processor.preprocess_images(images)
+    visual = mllm.model.model.visual
+    out = visual(pv["pixel_values"].to(mllm.device, mllm.dtype), grid_thw=pv["image_grid_thw"].to(mllm.device),
+                 return_dict=True)
+    return out.pooler_output.view(len(images), -1, out.pooler_output.shape[-1])
+
+
+def pretrain_vision(mllm, steps: int, lr: float = 2e-3, batch_size: int = 32, seed: int = 0, log_every: int = 250,
+                    n_heldout: int = 256, log=print) -> dict[str, float]:
+    """Train ``mllm.model.model.visual`` (in place; the language model is untouched) with the probes on fresh random
+    scenes; return the held-out accuracies (token_kind ... slot_letter)."""
+    visual = mllm.model.model.visual
+    n_tok = mllm.processor.num_image_tokens(mllm.processor.preprocess_images([W.render(W.Scene())])["image_grid_thw"][0])
+    grid = math.isqrt(n_tok)
+    if grid * grid != n_tok:
+        raise ValueError(f"the processor gives {n_tok} visual tokens per {W.CANVAS} px scene, not a square grid")
+    dim = visual.merger.linear_fc2.out_features
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        probe = VisionProbe(dim, n_tok).to(mllm.device)
+    params = list(visual.parameters()) + list(probe.parameters())
+    was = [p.requires_grad for p in visual.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * max(
+        0.05, 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(1, steps)))))
+    rng, held_rng = random.Random(seed), random.Random(seed + 10_007)
+    held = [random_training_scene(held_rng) for _ in range(n_heldout)]
+
+    def losses(scenes):
+        tok = visual_tokens(mllm, [W.render(s) for s in scenes])
+        lt, ls = probe(tok)
+        a, acc_t = _head_losses(lt, torch.stack([cell_targets(s, grid) for s in scenes]).to(tok.device))
+        b, acc_s = _head_losses(ls, torch.stack([slot_targets(s) for s in scenes]).to(tok.device))
+        return a + b, acc_t + acc_s
+
+    def heldout() -> dict[str, float]:
+        visual.eval()
+        with torch.no_grad():
+            _, acc = losses(held)
+        visual.train()
+        names = [f"{w}_{h}" for w in ("token", "slot") for h in ("kind", "colour", "size", "letter")]
+        return {n: round(a, 4) for n, a in zip(names, acc)}
+
+    visual.train()
+    t0 = time.time()
+    for step in range(1, steps + 1):
+        loss, _ = losses([random_training_scene(rng) for _ in range(batch_size)])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if log_every and (step % log_every == 0 or step == steps):
+            log(f"vision pretraining step {step}/{steps} loss {float(loss):.4f} held-out {heldout()} "
+                f"({time.time() - t0:.0f} s)")
+    visual.eval()
+    for p, w in zip(visual.parameters(), was):
+        p.requires_grad_(w)
+    return heldout()
+
+
+# ------------------------------------------------------------------------------------------------ data
+def write_understanding_data(folder: str | Path, n_qa: int, n_captions: int, seed: int = 0,
+                             sft_jsonl: str | Path | None = None) -> dict[str, Path]:
+    """Data of the understanding SFT stage, with images, in ``folder``:
+
+    * ``vqa.jsonl``: train-split understanding questions; each answer follows a think trace that describes the
+      scene (``<think> small red square top left , ... </think> red``): the model looks first, in words, then
+      answers from its own description (ThinkGen's think-then-answer, applied to understanding);
+    * ``captions.jsonl``: random scenes with the question ``CAPTION_QUESTION`` answered by ``scene_caption``;
+    * ``sft_gen.jsonl`` (when ``sft_jsonl`` is given): its generation records only (absolute image paths), so the
+      old answer-only understanding records do not teach the model to skip the look."""
+    from thinkgen.nano.data import _ImageStore, _write_jsonl, sft_record
+    from thinkgen.nano.prompts import generate
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    store = _ImageStore(folder)
+    vqa = []
+    for s in generate("understanding", n_qa, seed=seed, split="train"):
+        rec = sft_record(s, store)
+        rec["think"] = scene_caption(s.input_scene)
+        vqa.append(rec)
+    rng = random.Random(seed + 1)
+    caps = []
+    for _ in range(n_captions):
+        sc = random_training_scene(rng)
+        caps.append({"task_type": "understanding", "instruction": CAPTION_QUESTION, "family": "understanding",
+                     "category": "caption", "answer": scene_caption(sc),
+                     "input_images": [store.put("scene:" + sc.signature(), W.render(sc))]})
+    paths = {"vqa": folder / "vqa.jsonl", "captions": folder / "captions.jsonl"}
+    _write_jsonl(paths["vqa"], vqa)
+    _write_jsonl(paths["captions"], caps)
+    if sft_jsonl is not None:
+        import json
+
+        src = Path(sft_jsonl)
+        gen = []
+        for line in src.read_text().splitlines():
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            if rec["task_type"] == "understanding":
+                continue
+            if rec.get("input_images"):
+                rec["input_images"] = [str((src.parent / p).resolve()) for p in rec["input_images"]]
+            if rec.get("output_image"):
+                rec["output_image"] = str((src.parent / rec["output_image"]).resolve())
+            gen.append(rec)
+        paths["sft_gen"] = folder / "sft_gen.jsonl"
+        _write_jsonl(paths["sft_gen"], gen)
+    return paths
+
+
+__all__ = ["cell_targets", "slot_targets", "scene_caption", "VisionProbe", "pretrain_vision", "visual_tokens",
+           "write_understanding_data", "CAPTION_QUESTION"]
