@@ -243,3 +243,26 @@ def test_feature_anchoring_keeps_the_dit_features(assets, mllm, tmp_path):
     assert d_anch < 0.5 * d_free, (d_anch, d_free)
     before, after = load_file(str(assets[0] / "mllm" / M)), load_file(str(anch / "mllm" / M))
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("model.visual."))
+
+
+def test_think_mask_and_think_loss_weight(mllm):
+    """think_mask marks exactly the supervised think block; with weight 0 on it the per-sample loss is the loss of
+    the answer tokens alone, with weight 1 the plain loss."""
+    from thinkgen.train.mllm_sft import per_sample_lm_loss
+
+    rec = {"task_type": "understanding", "instruction": "what shape is this", "input_images": [], "images": [],
+           "think": "a red square", "answer": "square"}
+    batch = build_sft_batch(mllm.processor, [rec], max_seq_len=512, max_image_pixels=64 * 64, think_mask=True)
+    tm, labels = batch.pop("think_mask"), batch["labels"]
+    tok = mllm.tokenizer
+    assert tok.decode(batch["input_ids"][0][tm[0]]) == "<think>\na red square\n</think>"
+    assert not (tm & (labels == IGNORE_INDEX)).any()
+    with torch.no_grad():
+        logits = mllm.model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits
+    answer_only = labels.masked_fill(tm, IGNORE_INDEX)
+    w0 = torch.where(tm, 0.0, 1.0)
+    assert torch.allclose(per_sample_lm_loss(logits, labels, w0), per_sample_lm_loss(logits, answer_only))
+    assert torch.allclose(per_sample_lm_loss(logits, labels, torch.ones_like(w0)), per_sample_lm_loss(logits, labels))
+    from thinkgen.errors import ConfigError
+    with pytest.raises(ConfigError, match="think_loss_weight"):
+        mllm_sft(model_dir="x", data=["y.jsonl"], output_dir="z", think_loss_weight=-1.0)

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import torch
 
-STAGES = ("data", "vae", "mllm", "mllm2", "vision", "vision_pre", "und_data", "understand", "dit1", "dit2", "dit3", "focus_data", "dit4", "final", "eval")
+STAGES = ("data", "vae", "mllm", "mllm2", "vision", "vision_pre", "und_data", "understand", "understand2", "dit1", "dit2", "dit3", "focus_data", "dit4", "final", "eval")
 # ``dit4`` ("focus"): a continuation on a second DiT set weighted to text rendering and editing, a share of it in the
 # think-on feature format (``condition: think`` records), so the painter also learns the features it sees with think
 # on. Family weights of that set:
@@ -91,6 +91,9 @@ class Recipe:
     understand_steps: int = 0
     understand_lr: float = 1e-3
     understand_anchor: float = 30.0
+    understand2_steps: int = 0       # continuation with the think block down-weighted (the answer gets the signal)
+    understand2_lr: float = 5e-4
+    understand2_think_weight: float = 0.1
     sample_steps: int = 20
     eval_n: int = 8
     eval_seeds: int = 2
@@ -118,20 +121,21 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "smoke": Recipe("smoke", n_sft=24, n_dit=24, vae_steps=2, vae_batch=2, mllm_steps=2, mllm_batch=2, mllm_lr=1e-3,
                     mllm2_steps=2, vision_steps=2, vision_pre_steps=2, und_n_qa=8, und_n_captions=8,
-                    understand_steps=2, understand_side=64, dit3_steps=2, dit4_steps=2, focus_n_dit=24,
+                    understand_steps=2, understand2_steps=2, understand_side=64, dit3_steps=2, dit4_steps=2,
+                    focus_n_dit=24,
                     dit1_steps=2, dit2_steps=2, dit_batch=2, dit1_lr=1e-3, dit2_lr=1e-3, sample_steps=2, eval_n=2,
                     eval_seeds=1),
     # the shipped checkpoint: about 85 min of wall time on a shared 2-core CPU (VAE next to the MLLM SFT)
     "quick": Recipe("quick", n_sft=6000, n_dit=6000, vae_steps=800, vae_batch=16, mllm_steps=700, mllm_batch=16,
                     mllm_lr=2e-3, dit1_steps=100, dit2_steps=4000, dit_batch=16, dit1_lr=2e-3, dit2_lr=1e-3,
                     mllm2_steps=1600, vision_steps=1000, dit3_steps=2400, dit4_steps=4000, vision_pre_steps=3000,
-                    understand_steps=4000),
+                    understand_steps=4000, understand2_steps=1500),
     # bigger DiT and longer schedules, for a GPU or dedicated cores (NOT measured on the 2-core box; quick is the
     # measured <= 2 h CPU recipe: about 85 min of wall time there)
     "full": Recipe("full", n_sft=12000, n_dit=12000, vae_steps=1200, vae_batch=16, mllm_steps=1800, mllm_batch=16,
                    mllm_lr=2e-3, dit1_steps=200, dit2_steps=6000, dit_batch=16, dit1_lr=2e-3, dit2_lr=1e-3,
                    mllm2_steps=2000, vision_steps=1500, dit3_steps=3000, dit4_steps=4000, vision_pre_steps=3000,
-                   understand_steps=6000),
+                   understand_steps=6000, understand2_steps=2000),
 }
 
 
@@ -327,28 +331,41 @@ def stage_und_data(out: Path, r: Recipe, seed: int) -> dict:
                                     sft_jsonl=out / "data" / "sft.jsonl")
 
 
-def stage_understand(out: Path, r: Recipe, seed: int, device: str, overrides: dict) -> Path | None:
+def understand_final(out: Path) -> Path | None:
+    for d in (out / "mllm" / "understand2" / "final", out / "mllm" / "understand" / "final"):
+        if (d / "mllm").is_dir():
+            return d
+    return None
+
+
+def stage_understand(out: Path, r: Recipe, seed: int, device: str, overrides: dict, second: bool = False) -> Path | None:
     """The project's MLLM SFT from ``vision_pre`` on captions + VQA (answers after a think trace that describes the
     scene) + the generation SFT records (with their think traces), vision tower trained, per-sample loss, text-only DiT features anchored to the vision-stage MLLM
     (``anchor_weight``), so the DiT trained on that MLLM's features keeps its conditioning."""
     from thinkgen.train.config import mllm_sft
     from thinkgen.train.mllm_sft import train_mllm
 
-    if r.understand_steps <= 0:
+    steps = r.understand2_steps if second else r.understand_steps
+    if steps <= 0:
         return None
     start = out / "mllm" / "vision_pre"
-    if not (start / "mllm").is_dir():
+    if second:
+        start = out / "mllm" / "understand" / "final"
+    elif not (start / "mllm").is_dir():
         start = vision_final(out)
+    name = "understand2" if second else "understand"
     cfg = mllm_sft(**{**dict(
         model_dir=str(start), data=[{"path": str(out / "data_und" / "vqa.jsonl"), "ratio": 0.35},
                                     {"path": str(out / "data_und" / "captions.jsonl"), "ratio": 0.3},
                                     {"path": str(out / "data_und" / "sft_gen.jsonl"), "ratio": 0.35}],
-        output_dir=str(out / "mllm" / "understand"), seed=seed + 4, lr=r.understand_lr, warmup_steps=100,
-        lr_schedule="cosine", min_lr_ratio=0.05, max_steps=r.understand_steps, batch_size=r.mllm_batch,
+        output_dir=str(out / "mllm" / name), seed=seed + (6 if second else 4),
+        lr=r.understand2_lr if second else r.understand_lr, warmup_steps=50 if second else 100,
+        lr_schedule="cosine", min_lr_ratio=0.05, max_steps=steps, batch_size=r.mllm_batch,
+        think_loss_weight=r.understand2_think_weight if second else 1.0,
         max_seq_len=512, max_image_pixels=r.understand_side ** 2, freeze_vision=False, weight_decay=0.0,
         loss_reduction="sample", anchor_weight=r.understand_anchor, anchor_model_dir=str(vision_final(out)),
         device=device, log_every=50, save_every=250, keep_last=1, shuffle_buffer=2000),
-        **overrides.get("understand", {})})
+        **overrides.get(name, {})})
     return train_mllm(cfg)
 
 
@@ -447,9 +464,9 @@ def stage_final(out: Path, r: Recipe, from_checkpoint: bool = False, dest: Path 
         if any(not torch.equal(lm_old[k], lm_new[k]) for k in lm_old):
             raise SystemExit("the vision stage changed language-model weights; refusing to mix it with the DiT")
         base = ThinkGenPipeline(vm, base.transformer, base.vae, base.scheduler)
-    und = out / "mllm" / "understand" / "final"
+    und = understand_final(out)
     und_mllm = None
-    if (und / "mllm").is_dir() and dest is None:       # the shipped MLLM; DiT-stage bases keep the vision-stage one
+    if und is not None and dest is None:       # the shipped MLLM; DiT-stage bases keep the vision-stage one
         from thinkgen.mllm import ThinkGenMLLM
         from thinkgen.nano.prompts import generate
 
@@ -585,6 +602,7 @@ def main(argv=None) -> int:
     run("vision_pre", lambda: stage_vision_pre(out, r, a.seed, a.device))
     run("und_data", lambda: stage_und_data(out, r, a.seed) if r.understand_steps > 0 else None)
     run("understand", lambda: stage_understand(out, r, a.seed, a.device, tset))
+    run("understand2", lambda: stage_understand(out, r, a.seed, a.device, tset, second=True))
     run("dit1", lambda: stage_dit(out, r, a.seed, a.device, "dit1", tset))
     run("dit2", lambda: stage_dit(out, r, a.seed, a.device, "dit2", tset))
     run("dit3", lambda: stage_dit(out, r, a.seed, a.device, "dit3", tset) if r.dit3_steps > 0 else None)

@@ -259,9 +259,14 @@ class MLLMSFTConfig(TrainConfigBase):
     # form the DiT sees with thinking off. anchor_model_dir: a folder with mllm/ + processor/ (default model_dir).
     anchor_weight: float = 0.0
     anchor_model_dir: str = ""
+    # weight of the think block's tokens (<think> ... </think>) relative to the answer's in the loss (1 = plain SFT);
+    # < 1 puts the signal on the short answer once the model has learned to write the thoughts
+    think_loss_weight: float = 1.0
 
     def __post_init__(self):
         super().__post_init__()
+        if not self.think_loss_weight >= 0:
+            raise _bad("think_loss_weight", self.think_loss_weight, "must be >= 0", "e.g. --think_loss_weight=0.2")
         if not self.anchor_weight >= 0:
             raise _bad("anchor_weight", self.anchor_weight, "must be >= 0 (0 = no anchoring)", "e.g. --anchor_weight=10")
         if self.anchor_weight > 0 and self.parallel == "fsdp2":

@@ -56,10 +56,16 @@ def sft_texts(tokenizer, rec: dict) -> tuple[str, str]:
     return prompt, f"<think>\n{think}\n</think>\n\n{answer}<|im_end|>"
 
 
-def build_sft_batch(processor, records: list[dict], max_seq_len: int, max_image_pixels: int) -> dict[str, torch.Tensor]:
-    """Tokenise records (with their PIL ``images``) -> right-padded model inputs with ``labels``."""
+def build_sft_batch(processor, records: list[dict], max_seq_len: int, max_image_pixels: int,
+                    think_mask: bool = False) -> dict[str, torch.Tensor]:
+    """Tokenise records (with their PIL ``images``) -> right-padded model inputs with ``labels``. ``think_mask``:
+    also return ``think_mask`` [B, T] (bool), True on the supervised tokens of the think block (``<think>`` up to
+    and including ``</think>``) -- pop it before the forward."""
+    from ..tokenization import THINK_END
+
     tok = processor.tokenizer
-    rows, pix, grids = [], [], []
+    end_id = tok.convert_tokens_to_ids(THINK_END)
+    rows, pix, grids, thinks = [], [], [], []
     for rec in records:
         prompt, assistant = sft_texts(tok, rec)
         imgs = rec.get("images") or []
@@ -73,6 +79,8 @@ def build_sft_batch(processor, records: list[dict], max_seq_len: int, max_image_
         labels = ([IGNORE_INDEX] * len(p_ids) + a_ids)[:max_seq_len]
         mm = enc["mm_token_type_ids"][0].tolist() + [0] * len(a_ids) if imgs else None
         rows.append((ids, labels, mm[:max_seq_len] if mm else None))
+        n_think = a_ids.index(end_id) + 1 if end_id in a_ids else 0
+        thinks.append((len(p_ids), min(len(p_ids) + n_think, max_seq_len)))
         if imgs:
             pix.append(enc["pixel_values"])
             grids.append(enc["image_grid_thw"])
@@ -92,6 +100,11 @@ def build_sft_batch(processor, records: list[dict], max_seq_len: int, max_image_
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
     if pix:
         batch.update(pixel_values=torch.cat(pix), image_grid_thw=torch.cat(grids), mm_token_type_ids=mm_types)
+    if think_mask:
+        tm = torch.zeros((B, T), dtype=torch.bool)
+        for b, (a, e) in enumerate(thinks):
+            tm[b, a:e] = True
+        batch["think_mask"] = tm
     return batch
 
 
@@ -210,17 +223,20 @@ def train_mllm(cfg: MLLMSFTConfig) -> Path:
 
     def loss_fn(records: list[dict]):
         rows = records + (anchor_rows(records) if anchor is not None else [])
-        batch = build_sft_batch(processor, rows, cfg.max_seq_len, cfg.max_image_pixels)
+        batch = build_sft_batch(processor, rows, cfg.max_seq_len, cfg.max_image_pixels,
+                                think_mask=cfg.think_loss_weight != 1.0)
         batch = {k: v.to(device) for k, v in batch.items()}
         if "pixel_values" in batch:
             batch["pixel_values"] = batch["pixel_values"].to(next(net.parameters()).dtype)
         labels = batch.pop("labels")
+        tm = batch.pop("think_mask", None)
+        weights = None if tm is None else torch.where(tm, cfg.think_loss_weight, 1.0)
         with autocast_context(cfg, device), capture_features(model) as feats:
             logits = model(**batch, use_cache=False).logits
         if cfg.loss_reduction == "token":
-            loss = lm_token_loss(logits, labels)
+            loss = lm_token_loss(logits, labels, weights)
         else:
-            loss = per_sample_lm_loss(logits, labels)
+            loss = per_sample_lm_loss(logits, labels, weights)
         if anchor is not None:
             keep = torch.tensor([not r.get("images") for r in rows], device=device)
             if bool(keep.any()):
@@ -259,24 +275,29 @@ def anchor_loss(feats: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> t
     return ((feats.float() - ref.float()).pow(2) * m).sum() / (ref.float().pow(2) * m).sum().clamp_min(1e-12)
 
 
-def lm_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy averaged over every supervised token of the batch (HF's causal-LM loss)."""
+def lm_token_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Next-token cross-entropy averaged over every supervised token of the batch (HF's causal-LM loss); with
+    ``weights`` [B, L] (per label position) a weighted mean."""
     tgt = labels[:, 1:]
     keep = tgt != IGNORE_INDEX
     if not bool(keep.any()):
         return logits.sum() * 0.0
-    return torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                                             tgt.reshape(-1), ignore_index=IGNORE_INDEX)
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), tgt.masked_fill(~keep, 0),
+                                           reduction="none")
+    w = keep.float() if weights is None else keep.float() * weights[:, 1:].float()
+    return (ce * w).sum() / w.sum().clamp_min(1e-12)
 
 
-def per_sample_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def per_sample_lm_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Next-token cross-entropy averaged over each sample's supervised tokens (labels != IGNORE_INDEX), then over the
-    samples that have any. logits: [B, L, V]; labels: [B, L] (unshifted, as HF's causal-LM loss takes them)."""
+    samples that have any. logits: [B, L, V]; labels: [B, L] (unshifted, as HF's causal-LM loss takes them);
+    ``weights`` [B, L]: per label position (a weighted mean within each sample)."""
     tgt = labels[:, 1:]
     keep = tgt != IGNORE_INDEX
+    w = keep.float() if weights is None else keep.float() * weights[:, 1:].float()
     ce = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), tgt.masked_fill(~keep, 0),
-                                           reduction="none") * keep          # [B, L-1]
-    n = keep.sum(1)
+                                           reduction="none") * w             # [B, L-1]
+    n = w.sum(1)
     has = n > 0
     if not bool(has.any()):
         return logits.sum() * 0.0
