@@ -51,6 +51,8 @@ STAGES = ("data", "vae", "mllm", "mllm2", "vision", "vision_pre", "und_data", "u
 # ``dit4`` ("focus"): a continuation on a second DiT set weighted to text rendering and editing, a share of it in the
 # think-on feature format (``condition: think`` records), so the painter also learns the features it sees with think
 # on. Family weights of that set:
+EYE_STAGES = ("vision_pre", "und_data", "understand", "understand2")   # MLLM only: can run next to the DiT stages
+DIT_STAGES = ("dit1", "dit2", "dit3", "focus_data", "dit4")
 FOCUS_MIX = {"composition": 1.5, "reasoning": 0.75, "text": 3.0, "editing": 4.0, "reflection": 0.5}
 
 
@@ -599,15 +601,34 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads or os.cpu_count() or 1)
     run("mllm2", lambda: stage_mllm2(out, r, a.seed, a.device, tset))
     run("vision", lambda: stage_vision(out, r, a.seed, a.device))
-    run("vision_pre", lambda: stage_vision_pre(out, r, a.seed, a.device))
-    run("und_data", lambda: stage_und_data(out, r, a.seed) if r.understand_steps > 0 else None)
-    run("understand", lambda: stage_understand(out, r, a.seed, a.device, tset))
-    run("understand2", lambda: stage_understand(out, r, a.seed, a.device, tset, second=True))
+    eyes = [s_ for s_ in EYE_STAGES if s_ in want and not _done(out, s_)]
+    eyes_proc = None
+    if eyes and a.jobs >= 2 and a.device == "cpu" and any(s_ in want for s_ in DIT_STAGES):
+        # the eye stages need only the vision-stage MLLM and the DiT stages never read their result: run them in a
+        # subprocess on one thread next to the DiT stages (they join before ``final``)
+        cmd = [sys.executable, "-m", "thinkgen.nano.train", "--out", str(out), "--preset", a.preset, "--seed",
+               str(a.seed), "--device", a.device, "--jobs", "1", "--threads", "1", "--stages", ",".join(eyes)]
+        for it in a.sets:
+            cmd += ["--set", it]
+        _log(f"{','.join(eyes)}: start (subprocess, 1 thread, log in eyes.log)")
+        eyes_proc = subprocess.Popen(cmd, env=dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"),
+                                     stdout=open(out / "eyes.log", "w"), stderr=subprocess.STDOUT)
+        torch.set_num_threads(max(1, (a.threads or os.cpu_count() or 2) - 1))
+    else:
+        run("vision_pre", lambda: stage_vision_pre(out, r, a.seed, a.device))
+        run("und_data", lambda: stage_und_data(out, r, a.seed) if r.understand_steps > 0 else None)
+        run("understand", lambda: stage_understand(out, r, a.seed, a.device, tset))
+        run("understand2", lambda: stage_understand(out, r, a.seed, a.device, tset, second=True))
     run("dit1", lambda: stage_dit(out, r, a.seed, a.device, "dit1", tset))
     run("dit2", lambda: stage_dit(out, r, a.seed, a.device, "dit2", tset))
     run("dit3", lambda: stage_dit(out, r, a.seed, a.device, "dit3", tset) if r.dit3_steps > 0 else None)
     run("focus_data", lambda: stage_focus_data(out, r, a.seed) if r.dit4_steps > 0 else None)
     run("dit4", lambda: stage_dit(out, r, a.seed, a.device, "dit4", tset) if r.dit4_steps > 0 else None)
+    if eyes_proc is not None:
+        rc = eyes_proc.wait()
+        if rc != 0:
+            raise SystemExit(f"the eye stages failed (exit {rc}); see {out / 'eyes.log'}")
+        torch.set_num_threads(a.threads or os.cpu_count() or 1)
     run("final", lambda: stage_final(out, r, a.final_from_checkpoint))
     if "final" in want and (out / "final").is_dir():
         _log(f"final checkpoint {out / 'final'}: {checkpoint_mb(out / 'final'):.1f} MB")
