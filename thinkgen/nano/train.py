@@ -364,6 +364,7 @@ def stage_understand(out: Path, r: Recipe, seed: int, device: str, overrides: di
         lr=r.understand2_lr if second else r.understand_lr, warmup_steps=50 if second else 100,
         lr_schedule="cosine", min_lr_ratio=0.05, max_steps=steps, batch_size=r.mllm_batch,
         think_loss_weight=r.understand2_think_weight if second else 1.0,
+        anchor_images=second,    # phase 2 also holds the edits' features (the DiT reads them with a reference image)
         max_seq_len=512, max_image_pixels=r.understand_side ** 2, freeze_vision=False, weight_decay=0.0,
         loss_reduction="sample", anchor_weight=r.understand_anchor, anchor_model_dir=str(vision_final(out)),
         device=device, log_every=50, save_every=250, keep_last=1, shuffle_buffer=2000),

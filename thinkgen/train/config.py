@@ -259,6 +259,9 @@ class MLLMSFTConfig(TrainConfigBase):
     # form the DiT sees with thinking off. anchor_model_dir: a folder with mllm/ + processor/ (default model_dir).
     anchor_weight: float = 0.0
     anchor_model_dir: str = ""
+    # also anchor image-conditioned generation records (edits, think form with pixels: the think-on path): the text
+    # after the last image, compared with the reference reading the images through its own processor
+    anchor_images: bool = False
     # weight of the think block's tokens (<think> ... </think>) relative to the answer's in the loss (1 = plain SFT);
     # < 1 puts the signal on the short answer once the model has learned to write the thoughts
     think_loss_weight: float = 1.0

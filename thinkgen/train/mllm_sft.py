@@ -23,6 +23,7 @@ import torch
 from ..checkpoint import atomic_dir
 from ..errors import ConfigError
 from ..mllm import capture_features
+from ..tokenization import VISION_END
 from . import parallel
 from .config import MLLMSFTConfig
 from .data import DataError, SFTBatcher, build_mixture, validate_jsonl
@@ -215,11 +216,13 @@ def train_mllm(cfg: MLLMSFTConfig) -> Path:
            f"parameters trainable; world size {dinfo.world_size} ({cfg.parallel}); start step {st.step}")
     logger = RunLogger(Path(cfg.output_dir) / "logs", dinfo.is_main, resume_step=st.step)
 
-    anchor = None
+    anchor = anchor_proc = None
     if cfg.anchor_weight > 0:
         ref_root = check_model_dir(cfg.anchor_model_dir or cfg.model_dir, ("mllm", "processor"))
-        anchor = load_mllm(ref_root, dtype=torch.float32, device="cpu").model.requires_grad_(False).eval().to(device)
-        print0(f"feature anchoring to {ref_root} (weight {cfg.anchor_weight})")
+        ref_mllm = load_mllm(ref_root, dtype=torch.float32, device="cpu")
+        anchor, anchor_proc = ref_mllm.model.requires_grad_(False).eval().to(device), ref_mllm.processor
+        print0(f"feature anchoring to {ref_root} (weight {cfg.anchor_weight}"
+               f"{', image-conditioned records too' if cfg.anchor_images else ''})")
 
     def loss_fn(records: list[dict]):
         rows = records + (anchor_rows(records) if anchor is not None else [])
@@ -245,6 +248,25 @@ def train_mllm(cfg: MLLMSFTConfig) -> Path:
                     anchor(**sub, use_cache=False, logits_to_keep=1)
                 loss = loss + cfg.anchor_weight * anchor_loss(feats["features"][keep], ref["features"],
                                                               sub["attention_mask"])
+            img = [i for i, r in enumerate(rows) if r.get("images") and r["task_type"] != "understanding"]
+            if cfg.anchor_images and img:
+                # the reference reads the images with its own processor (its own number of visual tokens), so
+                # compare the text after the last image: the same tokens, aligned from the end of each row
+                rb = build_sft_batch(anchor_proc, [rows[i] for i in img], cfg.max_seq_len, cfg.max_image_pixels)
+                rb.pop("labels")
+                rb = {k: v.to(device) for k, v in rb.items()}
+                with torch.no_grad(), autocast_context(cfg, device), capture_features(anchor) as ref:
+                    anchor(**rb, use_cache=False, logits_to_keep=1)
+                end_id = processor.tokenizer.convert_tokens_to_ids(VISION_END)
+                num = den = 0.0
+                for j, i in enumerate(img):
+                    ls, lr = int(batch["attention_mask"][i].sum()), int(rb["attention_mask"][j].sum())
+                    ids = batch["input_ids"][i, :ls].tolist()
+                    n = ls - (len(ids) - ids[::-1].index(end_id))        # tokens after the last <|vision_end|>
+                    f, fr = feats["features"][i, ls - n:ls].float(), ref["features"][j, lr - n:lr].float()
+                    num = num + (f - fr).pow(2).sum()
+                    den = den + fr.pow(2).sum()
+                loss = loss + cfg.anchor_weight * num / max(float(den), 1e-12)
         return loss, len(records)
 
     try:
@@ -259,7 +281,8 @@ def train_mllm(cfg: MLLMSFTConfig) -> Path:
 
 def anchor_rows(records: list[dict]) -> list[dict]:
     """Extra label-free rows for feature anchoring: each text-only generation record in the no-think form (the
-    prompt the DiT's features come from with thinking off). The records themselves (think form) are anchored too."""
+    prompt the DiT's features come from with thinking off). The records themselves (think form) are anchored too;
+    with ``anchor_images`` the image-conditioned ones as well (their text after the image)."""
     out = []
     for r in records:
         if r.get("images") or r.get("input_images") or r["task_type"] == "understanding":
