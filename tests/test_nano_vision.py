@@ -36,7 +36,8 @@ def test_cell_targets_label_the_covering_object_and_letter():
 def test_slot_targets_and_caption():
     t = slot_targets(scene())
     assert t.shape == (9 + W.MAX_TEXT, 4)
-    assert t[0, :3].tolist() == [K("square"), C("red"), S("large")] and t[5, :3].tolist() == [K("circle"), C("blue"), S("small")]
+    assert t[0, :3].tolist() == [K("square"), C("red"), S("large")]
+    assert t[5, :3].tolist() == [K("circle"), C("blue"), S("small")]
     assert (t[[1, 2, 3, 4, 6, 7, 8]] == 0).all()
     assert t[9:, 3].tolist() == [L("A"), L("B"), 0, 0]
     assert scene_caption(scene()) == "large red square top left , small blue circle middle right , sign AB"

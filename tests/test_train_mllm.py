@@ -278,10 +278,10 @@ def test_anchor_images_keeps_the_edit_features(assets, mllm, tmp_path):
     recs = []
     for i, (c, rgb) in enumerate([("red", (220, 30, 30)), ("blue", (30, 30, 220)), ("green", (30, 200, 30))]):
         Image.new("RGB", (32, 32), rgb).save(folder / "images" / f"{i}.png")
-        recs.append({"task_type": "edit", "instruction": f"make the {c} square bigger", "input_images": [f"images/{i}.png"],
-                     "output_image": f"images/{i}.png", "think": f"the square is {c}", "answer": f"a big {c} square"})
-        recs.append({"task_type": "understanding", "instruction": "what colour is it", "input_images": [f"images/{i}.png"],
-                     "answer": c})
+        im = [f"images/{i}.png"]
+        recs.append({"task_type": "edit", "instruction": f"make the {c} square bigger", "input_images": im,
+                     "output_image": im[0], "think": f"the square is {c}", "answer": f"a big {c} square"})
+        recs.append({"task_type": "understanding", "instruction": "what colour is it", "input_images": im, "answer": c})
     data = folder / "sft.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in recs))
     kw = dict(data=[str(data)], max_steps=8, save_every=0, lr=1e-3, freeze_vision=False, anchor_weight=100.0)

@@ -47,7 +47,8 @@ from pathlib import Path
 
 import torch
 
-STAGES = ("data", "vae", "mllm", "mllm2", "vision", "vision_pre", "und_data", "understand", "understand2", "dit1", "dit2", "dit3", "focus_data", "dit4", "final", "eval")
+STAGES = ("data", "vae", "mllm", "mllm2", "vision", "vision_pre", "und_data", "understand", "understand2", "dit1",
+          "dit2", "dit3", "focus_data", "dit4", "final", "eval")
 # ``dit4`` ("focus"): a continuation on a second DiT set weighted to text rendering and editing, a share of it in the
 # think-on feature format (``condition: think`` records), so the painter also learns the features it sees with think
 # on. Family weights of that set:
@@ -326,9 +327,11 @@ def stage_vision_pre(out: Path, r: Recipe, seed: int, device: str) -> Path | Non
     return dst
 
 
-def stage_und_data(out: Path, r: Recipe, seed: int) -> dict:
+def stage_und_data(out: Path, r: Recipe, seed: int) -> dict | None:
     from thinkgen.nano.vision import write_understanding_data
 
+    if r.understand_steps <= 0:
+        return None
     return write_understanding_data(out / "data_und", r.und_n_qa, r.und_n_captions, seed=seed + 21,
                                     sft_jsonl=out / "data" / "sft.jsonl")
 
@@ -340,10 +343,12 @@ def understand_final(out: Path) -> Path | None:
     return None
 
 
-def stage_understand(out: Path, r: Recipe, seed: int, device: str, overrides: dict, second: bool = False) -> Path | None:
+def stage_understand(out: Path, r: Recipe, seed: int, device: str, overrides: dict,
+                     second: bool = False) -> Path | None:
     """The project's MLLM SFT from ``vision_pre`` on captions + VQA (answers after a think trace that describes the
-    scene) + the generation SFT records (with their think traces), vision tower trained, per-sample loss, text-only DiT features anchored to the vision-stage MLLM
-    (``anchor_weight``), so the DiT trained on that MLLM's features keeps its conditioning."""
+    scene) + the generation SFT records (with their think traces), vision tower trained, per-sample loss, text-only
+    DiT features anchored to the vision-stage MLLM (``anchor_weight``), so the DiT trained on that MLLM's features
+    keeps its conditioning. ``second``: phase 2 from phase 1's result (thoughts down-weighted, edits anchored too)."""
     from thinkgen.train.config import mllm_sft
     from thinkgen.train.mllm_sft import train_mllm
 
@@ -474,7 +479,8 @@ def stage_final(out: Path, r: Recipe, from_checkpoint: bool = False, dest: Path 
         from thinkgen.nano.prompts import generate
 
         und_mllm = ThinkGenMLLM.from_pretrained(und / "mllm", und / "processor")
-        prompts = [s_.prompt for f_ in ("composition", "text", "reasoning") for s_ in generate(f_, 16, seed=5, split="heldout")]
+        prompts = [s_.prompt for f_ in ("composition", "text", "reasoning")
+                   for s_ in generate(f_, 16, seed=5, split="heldout")]
         _log(f"final: understanding MLLM; no-think DiT feature drift vs the vision-stage MLLM "
              f"{feature_drift(base.mllm, und_mllm, prompts):.4f} (relative L2, 48 held-out prompts)")
     if source is None:
@@ -617,7 +623,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(max(1, (a.threads or os.cpu_count() or 2) - 1))
     else:
         run("vision_pre", lambda: stage_vision_pre(out, r, a.seed, a.device))
-        run("und_data", lambda: stage_und_data(out, r, a.seed) if r.understand_steps > 0 else None)
+        run("und_data", lambda: stage_und_data(out, r, a.seed))
         run("understand", lambda: stage_understand(out, r, a.seed, a.device, tset))
         run("understand2", lambda: stage_understand(out, r, a.seed, a.device, tset, second=True))
     run("dit1", lambda: stage_dit(out, r, a.seed, a.device, "dit1", tset))

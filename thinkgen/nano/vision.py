@@ -31,7 +31,8 @@ from torch import nn
 
 from thinkgen.nano import world as W
 
-N_KIND, N_COLOUR, N_SIZE, N_LETTER = len(W.KINDS) + 1, len(W.COLOUR_NAMES) + 1, len(W.SIZE_NAMES) + 1, len(W.LETTERS) + 1
+N_KIND, N_COLOUR = len(W.KINDS) + 1, len(W.COLOUR_NAMES) + 1
+N_SIZE, N_LETTER = len(W.SIZE_NAMES) + 1, len(W.LETTERS) + 1
 HEADS = (N_KIND, N_COLOUR, N_SIZE, N_LETTER)          # class 0 = nothing there
 MIN_COVER = 6                                         # pixels of a cell an object / letter must cover to count
 CAPTION_QUESTION = "what shapes are there ?"
@@ -132,7 +133,8 @@ def pretrain_vision(mllm, steps: int, lr: float = 2e-3, batch_size: int = 32, se
     """Train ``mllm.model.model.visual`` (in place; the language model is untouched) with the probes on fresh random
     scenes; return the held-out accuracies (token_kind ... slot_letter)."""
     visual = mllm.model.model.visual
-    n_tok = mllm.processor.num_image_tokens(mllm.processor.preprocess_images([W.render(W.Scene())])["image_grid_thw"][0])
+    grid_thw = mllm.processor.preprocess_images([W.render(W.Scene())])["image_grid_thw"][0]
+    n_tok = mllm.processor.num_image_tokens(grid_thw)
     grid = math.isqrt(n_tok)
     if grid * grid != n_tok:
         raise ValueError(f"the processor gives {n_tok} visual tokens per {W.CANVAS} px scene, not a square grid")

@@ -271,7 +271,8 @@ class MLLMSFTConfig(TrainConfigBase):
         if not self.think_loss_weight >= 0:
             raise _bad("think_loss_weight", self.think_loss_weight, "must be >= 0", "e.g. --think_loss_weight=0.2")
         if not self.anchor_weight >= 0:
-            raise _bad("anchor_weight", self.anchor_weight, "must be >= 0 (0 = no anchoring)", "e.g. --anchor_weight=10")
+            raise _bad("anchor_weight", self.anchor_weight, "must be >= 0 (0 = no anchoring)",
+                       "e.g. --anchor_weight=10")
         if self.anchor_weight > 0 and self.parallel == "fsdp2":
             raise _bad("anchor_weight", self.anchor_weight, "is not supported with parallel=fsdp2 (the frozen "
                        "reference would run only on ranks whose batch has text-only records)",
