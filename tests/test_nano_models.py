@@ -154,7 +154,7 @@ def test_shipped_checkpoint_loads_and_generates():
     assert "</think>" in out.thoughts[0] and out.instructions[0]
     assert isinstance(pipe.chat("how many shapes are there?", images=[out.images[0]], max_new_tokens=4), str)
     # understanding looks first: the thoughts describe the image exactly, then the short answer
-    from thinkgen.nano.evaluate import split_thoughts
+    from thinkgen.mllm import split_thoughts
     from thinkgen.nano.vision import scene_caption
 
     scene = world.Scene((world.place("square", "red", "large", (1, 1)),), "AB")

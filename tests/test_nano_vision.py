@@ -83,7 +83,7 @@ def test_understanding_data_thinks_in_captions(tmp_path):
 
 
 def test_split_thoughts():
-    from thinkgen.nano.evaluate import split_thoughts
+    from thinkgen.mllm import split_thoughts
 
     assert split_thoughts("<think>\nsmall red square centre\n</think>\n\nred") == ("small red square centre", "red")
     assert split_thoughts("red") == ("", "red")

@@ -220,6 +220,27 @@ def test_anchor_rows_and_loss():
     assert torch.allclose(anchor_loss(moved, ref, mask), want)
 
 
+def test_suffix_anchor_loss_aligns_the_text_after_the_image():
+    """Rows whose references hold more visual tokens: only the tokens after the last <|vision_end|> are compared,
+    aligned from the end of each right-padded row."""
+    from thinkgen.train.mllm_sft import anchor_loss, suffix_anchor_loss
+
+    END = 9
+    ids = torch.tensor([[1, END, 5, 6, 0], [1, 1, END, 7, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 0]])
+    ref_mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]])
+    g = torch.Generator().manual_seed(0)
+    feats, ref = torch.randn(2, 5, 3, generator=g), torch.randn(2, 6, 3, generator=g)
+    same = ref.clone()
+    same_feats = feats.clone()
+    same_feats[0, 2:4], same_feats[1, 3:4] = ref[0, 4:6], ref[1, 4:5]       # the suffixes, copied
+    same_feats[0, 0] += 50.0                                                # before the image: ignored
+    assert suffix_anchor_loss(same_feats, ids, mask, same, ref_mask, END).item() == 0.0
+    want = anchor_loss(torch.cat([feats[0, 2:4], feats[1, 3:4]])[None], torch.cat([ref[0, 4:6], ref[1, 4:5]])[None],
+                       torch.ones(1, 3))
+    assert torch.allclose(suffix_anchor_loss(feats, ids, mask, ref, ref_mask, END), want)
+
+
 def test_feature_anchoring_keeps_the_dit_features(assets, mllm, tmp_path):
     """Same data, same steps: with anchor_weight the no-think features of text-only prompts (what a frozen DiT
     reads) move far less than without, while the run still trains (vision tower included)."""
@@ -229,6 +250,12 @@ def test_feature_anchoring_keeps_the_dit_features(assets, mllm, tmp_path):
         cfg_for(assets, tmp_path / "bad", anchor_weight=-1.0)
     with pytest.raises(ConfigError, match="fsdp2"):
         cfg_for(assets, tmp_path / "bad", anchor_weight=1.0, parallel="fsdp2")
+    with pytest.raises(ConfigError, match="anchor_images"):
+        cfg_for(assets, tmp_path / "bad", anchor_images=True)
+    from thinkgen.errors import CheckpointError
+    with pytest.raises(CheckpointError, match="missing_ref"):
+        train_mllm(cfg_for(assets, tmp_path / "noref", anchor_weight=1.0, anchor_model_dir=str(tmp_path / "missing_ref")))
+    assert not (tmp_path / "noref").exists()                      # refused before anything is written
     kw = dict(max_steps=8, save_every=0, lr=1e-3, freeze_vision=False)
     free = train_mllm(cfg_for(assets, tmp_path / "free", **kw))
     anch = train_mllm(cfg_for(assets, tmp_path / "anch", anchor_weight=100.0, **kw))

@@ -351,7 +351,6 @@ def synced_generation(model: torch.nn.Module) -> bool:
         and tdist.get_world_size() > 1
 
 
-# ----------------------------------------------------------------------------------------------------- tiny model
 @contextmanager
 def capture_features(model: torch.nn.Module):
     """Forward hooks that record the DiT features of the next forward of ``model`` (a Qwen3-VL for conditional
@@ -376,6 +375,16 @@ def capture_features(model: torch.nn.Module):
             h.remove()
 
 
+def split_thoughts(text: str) -> tuple[str, str]:
+    """(thoughts, answer) of a decoded reply: the answer is what follows the last ``</think>`` (the whole text when
+    the model did not think)."""
+    if THINK_END not in text:
+        return "", text.strip()
+    head, _, tail = text.rpartition(THINK_END)
+    return head.replace(THINK_START, "").strip(), tail.strip()
+
+
+# ----------------------------------------------------------------------------------------------------- tiny model
 def _mrope_section(head_dim: int) -> list[int]:
     half = head_dim // 2
     hw = max(1, (half * 5) // 16)            # 64 -> [24, 20, 20] like Qwen3-VL; 4 -> [2, 1, 1]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from thinkgen.mllm import split_thoughts
 from thinkgen.nano.prompts import FAMILIES, GENEVAL_CATEGORIES, IMAGE_FAMILIES, generate
 from thinkgen.nano.scoring import aggregate, score, score_answer
 
@@ -80,15 +81,6 @@ def run_images(pipe, samples, mode: str, seeds: int, d: dict, args) -> list[dict
 
 
 UNDERSTANDING_TOKENS = 128   # room for a think trace that describes the scene before the short answer
-
-
-def split_thoughts(text: str) -> tuple[str, str]:
-    """(thoughts, answer) of a chat reply: the answer is what follows the last ``</think>`` (the whole text when
-    the model did not think)."""
-    if "</think>" not in text:
-        return "", text.strip()
-    head, _, tail = text.rpartition("</think>")
-    return head.replace("<think>", "").strip(), tail.strip()
 
 
 def run_understanding(pipe, samples) -> list[dict]:

@@ -273,6 +273,9 @@ class MLLMSFTConfig(TrainConfigBase):
         if not self.anchor_weight >= 0:
             raise _bad("anchor_weight", self.anchor_weight, "must be >= 0 (0 = no anchoring)",
                        "e.g. --anchor_weight=10")
+        if self.anchor_images and not self.anchor_weight > 0:
+            raise _bad("anchor_images", self.anchor_images, "needs anchor_weight > 0 (it adds to feature anchoring)",
+                       "e.g. --anchor_weight=30 --anchor_images=true")
         if self.anchor_weight > 0 and self.parallel == "fsdp2":
             raise _bad("anchor_weight", self.anchor_weight, "is not supported with parallel=fsdp2 (the frozen "
                        "reference would run only on ranks whose batch has text-only records)",

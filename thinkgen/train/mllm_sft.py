@@ -148,6 +148,8 @@ def train_mllm(cfg: MLLMSFTConfig) -> Path:
         raise ConfigError(f"train_mllm needs an MLLMSFTConfig, got {type(cfg).__name__}")
     cfg.check_ready()
     model_dir = check_model_dir(cfg.model_dir, ("mllm", "processor"))
+    ref_root = check_model_dir(cfg.anchor_model_dir or cfg.model_dir, ("mllm", "processor")) \
+        if cfg.anchor_weight > 0 else None
     dinfo = parallel.init_distributed(cfg.device)
     device = dinfo.device
     autocast_context(cfg, device)      # refuses bf16 without CUDA before any work
@@ -217,8 +219,7 @@ def train_mllm(cfg: MLLMSFTConfig) -> Path:
     logger = RunLogger(Path(cfg.output_dir) / "logs", dinfo.is_main, resume_step=st.step)
 
     anchor = anchor_proc = None
-    if cfg.anchor_weight > 0:
-        ref_root = check_model_dir(cfg.anchor_model_dir or cfg.model_dir, ("mllm", "processor"))
+    if ref_root is not None:
         ref_mllm = load_mllm(ref_root, dtype=torch.float32, device="cpu")
         anchor, anchor_proc = ref_mllm.model.requires_grad_(False).eval().to(device), ref_mllm.processor
         print0(f"feature anchoring to {ref_root} (weight {cfg.anchor_weight}"
@@ -258,15 +259,9 @@ def train_mllm(cfg: MLLMSFTConfig) -> Path:
                 with torch.no_grad(), autocast_context(cfg, device), capture_features(anchor) as ref:
                     anchor(**rb, use_cache=False, logits_to_keep=1)
                 end_id = processor.tokenizer.convert_tokens_to_ids(VISION_END)
-                num = den = 0.0
-                for j, i in enumerate(img):
-                    ls, lr = int(batch["attention_mask"][i].sum()), int(rb["attention_mask"][j].sum())
-                    ids = batch["input_ids"][i, :ls].tolist()
-                    n = ls - (len(ids) - ids[::-1].index(end_id))        # tokens after the last <|vision_end|>
-                    f, fr = feats["features"][i, ls - n:ls].float(), ref["features"][j, lr - n:lr].float()
-                    num = num + (f - fr).pow(2).sum()
-                    den = den + fr.pow(2).sum()
-                loss = loss + cfg.anchor_weight * num / max(float(den), 1e-12)
+                loss = loss + cfg.anchor_weight * suffix_anchor_loss(
+                    feats["features"][img], batch["input_ids"][img], batch["attention_mask"][img],
+                    ref["features"], rb["attention_mask"], end_id)
         return loss, len(records)
 
     try:
@@ -296,6 +291,23 @@ def anchor_loss(feats: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> t
     mask: [B, T] (1 = real token)."""
     m = mask.unsqueeze(-1).to(feats.dtype)
     return ((feats.float() - ref.float()).pow(2) * m).sum() / (ref.float().pow(2) * m).sum().clamp_min(1e-12)
+
+
+def suffix_anchor_loss(feats: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, ref: torch.Tensor,
+                       ref_mask: torch.Tensor, end_id: int) -> torch.Tensor:
+    """``anchor_loss`` over the tokens after the last ``end_id`` (``<|vision_end|>``) of each row, when the reference
+    rows hold the same text after a different number of visual tokens: the suffixes are aligned from the end of each
+    (right-padded) row. feats, ref: [B, T, D] / [B, T', D]; ids, mask: [B, T]; ref_mask: [B, T']."""
+    num = feats.new_zeros((), dtype=torch.float32)
+    den = 0.0
+    for b in range(feats.shape[0]):
+        ls, lr = int(mask[b].sum()), int(ref_mask[b].sum())
+        row = ids[b, :ls].tolist()
+        n = row[::-1].index(end_id)                          # tokens after the last end_id
+        f, fr = feats[b, ls - n:ls].float(), ref[b, lr - n:lr].float()
+        num = num + (f - fr).pow(2).sum()
+        den += float(fr.pow(2).sum())
+    return num / max(den, 1e-12)
 
 
 def lm_token_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
