@@ -85,47 +85,11 @@ def build_full_random(device, dtype):
     return ThinkGenPipeline(mllm, dit.eval().requires_grad_(False), vae.eval().requires_grad_(False), name="random-full")
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="checkpoint folder or hub id (default: shipped nano)")
-    ap.add_argument("--random-weights", choices=["tiny", "full"], default=None)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--height", type=int, default=None)
-    ap.add_argument("--width", type=int, default=None)
-    ap.add_argument("--steps", type=int, default=None, help="denoising steps for the end-to-end run")
-    ap.add_argument("--think-tokens", type=int, default=64, help="think budget for the decoding measurement")
-    ap.add_argument("--batch", type=int, default=1, help="prompts per call")
-    ap.add_argument("--iters", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    ap.add_argument("--tag", default=None)
-    args = ap.parse_args(argv)
-
+def _stages(pipe, prompts, H, W, steps, args, res) -> None:
+    """Think decoding, DiT forward (batch 1 and the CFG batch), VAE decode, then the end-to-end runs."""
     from thinkgen.models.vae import decode_latents, vae_scale_factor
-    from thinkgen.pipeline import ThinkGenPipeline
-    from thinkgen.testing import build_tiny_pipeline
 
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
-        args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")]
-    t0 = time.perf_counter()
-    if args.random_weights == "full":
-        pipe = build_full_random(args.device, dtype)
-        default_side, default_steps = 1024, 50
-    elif args.random_weights == "tiny":
-        pipe = build_tiny_pipeline().to(args.device)
-        default_side, default_steps = 64, 8
-    else:
-        pipe = ThinkGenPipeline.from_pretrained(args.model, dtype=dtype, device=args.device)
-        side = int(getattr(pipe.transformer.config, "sample_size", 0) or 0)
-        default_side, default_steps = (side or 1024), (20 if side else 50)
-    load_s = time.perf_counter() - t0
-    H = args.height or default_side
-    W = args.width or default_side
-    steps = args.steps or default_steps
     dev = args.device
-    prompts = ["two red circles left of a blue square"] * args.batch
-    res: dict = {"load_s": load_s}
-
     # -- think decoding (forced length: random weights never close </think> by themselves)
     mllm = pipe.mllm
     def think():
@@ -153,12 +117,72 @@ def main(argv=None) -> int:
         z = torch.randn(1, C, H // f, W // f, device=dev, dtype=pipe.vae.dtype)
         res["vae_decode_ms"] = 1e3 * _timeit(lambda: decode_latents(pipe.vae, z), dev, iters=args.iters)
 
+    _end_to_end(pipe, prompts, H, W, steps, args, res)
+
+
+def _end_to_end(pipe, prompts, H, W, steps, args, res) -> None:
+    """One call with think off and one with think on (the whole pipeline, offload copies included)."""
+    dev = args.device
     # -- end to end, think off and on
     def e2e(think_mode):
         return pipe(prompts, think=think_mode, height=H, width=W, num_inference_steps=steps, seed=0,
                     max_think_tokens=args.think_tokens, max_answer_tokens=32)
     res["e2e_s_think_off"] = _timeit(lambda: e2e("off"), dev, warmup=0, iters=1)
     res["e2e_s_think_on"] = _timeit(lambda: e2e("on"), dev, warmup=0, iters=1)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="checkpoint folder or hub id (default: shipped nano)")
+    ap.add_argument("--random-weights", choices=["tiny", "full"], default=None)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--height", type=int, default=None)
+    ap.add_argument("--width", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=None, help="denoising steps for the end-to-end run")
+    ap.add_argument("--think-tokens", type=int, default=64, help="think budget for the decoding measurement")
+    ap.add_argument("--batch", type=int, default=1, help="prompts per call")
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--tag", default=None)
+    ap.add_argument("--cpu-offload", action="store_true",
+                    help="enable_model_cpu_offload(device): only the end-to-end runs and the peak memory are measured")
+    args = ap.parse_args(argv)
+
+    from thinkgen.pipeline import ThinkGenPipeline
+    from thinkgen.testing import build_tiny_pipeline
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+        args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")]
+    t0 = time.perf_counter()
+    if args.random_weights == "full":
+        pipe = build_full_random(args.device, dtype)
+        default_side, default_steps = 1024, 50
+    elif args.random_weights == "tiny":
+        pipe = build_tiny_pipeline().to(args.device)
+        default_side, default_steps = 64, 8
+    else:
+        pipe = ThinkGenPipeline.from_pretrained(args.model, dtype=dtype, device=args.device)
+        d = pipe.defaults   # the checkpoint's own call defaults (model_index.json "thinkgen_defaults")
+        default_side, default_steps = int(d.get("height", 1024)), int(d.get("num_inference_steps", 50))
+    if args.cpu_offload:
+        pipe.enable_model_cpu_offload(args.device)
+    load_s = time.perf_counter() - t0
+    H = args.height or default_side
+    W = args.width or default_side
+    steps = args.steps or default_steps
+    prompts = ["two red circles left of a blue square"] * args.batch
+    res: dict = {"load_s": load_s}
+    if args.device.startswith("cuda"):   # peak memory of inference alone (the random build can peak higher)
+        torch.cuda.synchronize()
+        res["resident_gpu_mem_gib"] = torch.cuda.memory_allocated() / 2**30
+        torch.cuda.reset_peak_memory_stats()
+
+    if args.cpu_offload:
+        _end_to_end(pipe, prompts, H, W, steps, args, res)
+    else:
+        _stages(pipe, prompts, H, W, steps, args, res)
+    dev = args.device
     if dev.startswith("cuda"):
         res["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
 
@@ -171,6 +195,7 @@ def main(argv=None) -> int:
         "python": platform.python_version(), "torch": torch.__version__,
         "model": pipe.name, "device": dev, "dtype": str(dtype).replace("torch.", ""),
         "height": H, "width": W, "steps": steps, "batch": args.batch, "think_budget": args.think_tokens,
+        "cpu_offload": args.cpu_offload,
         "dit_params": sum(p.numel() for p in pipe.transformer.parameters()),
         "mllm_params": sum(p.numel() for p in pipe.mllm.model.parameters()),
     }

@@ -134,3 +134,34 @@ def test_no_unsafe_loading_in_training_code():
     for f in [root / "checkpoint.py", *sorted((root / "train").glob("*.py"))]:
         text = f.read_text()
         assert "weights_only=False" not in text and "pickle.load" not in text, f
+
+
+def test_torchrun_with_one_process_joins_the_group_and_wraps(monkeypatch):
+    """Under torchrun a 1-process launch runs the multi-process code path (process group, DDP); plain python does
+    not join anything."""
+    import socket
+
+    import torch
+    import torch.distributed as tdist
+
+    from thinkgen.train import parallel
+
+    model = torch.nn.Linear(3, 2)
+    assert parallel.init_distributed("cpu").backend == "" and not parallel.is_dist()
+    assert parallel.wrap_model(model, "ddp") is model
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for k, v in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                     TORCHELASTIC_RUN_ID="test").items():
+        monkeypatch.setenv(k, v)
+    try:
+        info = parallel.init_distributed("cpu")
+        assert parallel.is_dist() and info.backend == "gloo" and info.world_size == 1 and not info.distributed
+        wrapped = parallel.wrap_model(model, "ddp")
+        assert isinstance(wrapped, torch.nn.parallel.DistributedDataParallel) and parallel.unwrap(wrapped) is model
+        wrapped(torch.ones(4, 3)).sum().backward()
+        assert model.weight.grad is not None
+    finally:
+        parallel.cleanup_distributed()
+    assert not tdist.is_initialized()

@@ -572,7 +572,8 @@ def build_run(cfg: SepGRPOConfig) -> Run:
     eval_reward = None
     if eval_items:
         eval_reward = CombinedReward(cfg.reward_weights, cfg.reward_per_scenario, reward_kwargs=cfg.reward_kwargs)
-    print0(f"sepgrpo: {dist.world_size} process(es) on {dist.device}; schedule {cfg.schedule} x {cfg.rounds}; "
+    group = f"{dist.backend}, {cfg.parallel}" if dist.backend else "no process group"
+    print0(f"sepgrpo: {dist.world_size} process(es) on {dist.device} ({group}); schedule {cfg.schedule} x {cfg.rounds}; "
            f"train prompts {describe(train_items)}; held-out {describe(eval_items)}")
     # --- resume (after every seeding call), then the logger truncated to the restored step
     run = Run(cfg, dist, pipe, phases, mixtures, eval_items, eval_reward, None, Position())

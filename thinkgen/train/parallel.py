@@ -1,7 +1,9 @@
 """Distributed helpers: process group, rank helpers, model wrapping (none / DDP / FSDP2).
 
 The same trainer entry point runs single-process and under ``torchrun``: ``init_distributed()``
-reads the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK) and picks NCCL on CUDA, gloo on CPU.
+reads the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK) and picks NCCL on CUDA, gloo on CPU. Under
+``torchrun`` the process group is joined and the model wrapped even with one process, so a 1-GPU launch runs the
+same collectives (NCCL) and wrappers (DDP / FSDP2) as a multi-GPU one; a plain ``python`` launch joins nothing.
 Model files never see any of this (style.md §2.2): wrapping happens here.
 """
 from __future__ import annotations
@@ -74,12 +76,14 @@ def pick_device(device: str = "auto", local_rank: int = 0) -> torch.device:
 
 
 def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
-    """Join the torchrun process group when WORLD_SIZE > 1 (idempotent); return rank, world, device."""
+    """Join the torchrun process group (idempotent); return rank, world, device.
+
+    Joined when WORLD_SIZE > 1, or under ``torchrun`` (TORCHELASTIC_RUN_ID set) with one process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = pick_device(device, local_rank)
-    if world <= 1:
+    if world <= 1 and not (is_dist() or "TORCHELASTIC_RUN_ID" in os.environ):
         return DistInfo(0, 1, 0, dev, "")
     backend = "nccl" if dev.type == "cuda" else "gloo"
     if dev.type == "cuda":
@@ -158,7 +162,7 @@ def wrap_model(model: nn.Module, strategy: str = "none", device: torch.device | 
                replicate: Sequence[str] = ()) -> nn.Module:
     """Wrap for data parallel training.
 
-    * "none": returned as is (also whenever the world size is 1);
+    * "none": returned as is (also when no process group is joined: a plain single-process launch);
     * "ddp": ``DistributedDataParallel`` (gloo on CPU, NCCL on GPU). ``find_unused_parameters`` is on by
       default because a batch without reference images leaves the reference refiner unused;
     * "fsdp2": ``torch.distributed.fsdp.fully_shard`` on every block, then on the root. Parameters become
@@ -174,7 +178,7 @@ def wrap_model(model: nn.Module, strategy: str = "none", device: torch.device | 
     """
     if strategy not in ("none", "ddp", "fsdp2"):
         raise ConfigError(f"parallel={strategy!r} is invalid; use none, ddp or fsdp2")
-    if strategy == "none" or get_world_size() == 1:
+    if strategy == "none" or not is_dist():
         return model
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
