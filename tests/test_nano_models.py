@@ -108,9 +108,14 @@ def test_train_nano_smoke_every_stage_then_eval(tmp_path):
 
     out = tmp_path / "run"
     assert main(["--out", str(out), "--preset", "smoke", "--jobs", "1"]) == 0
-    for st in ("data", "vae", "mllm", "dit1", "dit2", "focus_data", "dit4", "final", "eval"):
+    for st in ("data", "vae", "mllm", "vision_pre", "und_data", "understand", "understand2", "understand3", "dit1",
+               "dit2", "focus_data", "dit4", "final", "eval"):
         assert (out / f"{st}.done").is_file(), st
     final = out / "final"
+    # the shipped MLLM is the last eye phase's (focus thoughts), trained from phase 2's
+    assert (out / "data_und" / "focus" / "vqa.jsonl").is_file()
+    assert (final / "mllm" / "model.safetensors").read_bytes() == \
+        (out / "mllm" / "understand3" / "final" / "mllm" / "model.safetensors").read_bytes()
     for c in ("mllm", "processor", "transformer", "vae", "scheduler"):
         assert (final / c).is_dir()
     idx = json.loads((final / "model_index.json").read_text())
@@ -161,6 +166,16 @@ def test_shipped_checkpoint_loads_and_generates():
     thoughts, answer = split_thoughts(pipe.chat("what does the sign say?", images=[world.render(scene)],
                                                 max_new_tokens=128))
     assert thoughts == scene_caption(scene) == "large red square centre , sign AB" and answer == "AB"
+    # phase 3: the thought ends with the question's key restated next to its slot; the answer is read from there
+    from thinkgen.nano.vision import focus_thought
+
+    scene = world.Scene((world.place("square", "red", "large", (0, 0)),
+                         world.place("circle", "blue", "small", (1, 2))), "AB")
+    thoughts, answer = split_thoughts(pipe.chat("where is the blue circle?", images=[world.render(scene)],
+                                                max_new_tokens=128))
+    assert thoughts == focus_thought(scene, "where is the blue circle?")
+    assert thoughts.endswith(" ; blue circle middle right")
+    assert answer == "middle right"
 
 
 @pytest.mark.parametrize("argv,needle", [

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from thinkgen.nano import world as W
-from thinkgen.nano.vision import (CAPTION_QUESTION, cell_targets, pretrain_vision, scene_caption, slot_targets,
-                                  write_understanding_data)
+from thinkgen.nano.vision import (CAPTION_QUESTION, cell_targets, focus_thought, pretrain_vision, scene_caption,
+                                  slot_targets, write_understanding_data)
 
 K, C, S, L = (lambda name: 1 + W.KINDS.index(name)), (lambda c: 1 + W.COLOUR_NAMES.index(c)), \
     (lambda s: 1 + W.SIZE_NAMES.index(s)), (lambda ch: 1 + W.LETTERS.index(ch))
@@ -57,6 +57,30 @@ def test_pretrain_vision_trains_only_the_tower_and_reports_probe_accuracy():
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("model.visual.") for k in changed)
     assert not any(p.requires_grad for p in mllm.model.parameters())         # requires_grad flags restored
+
+
+def test_focus_thought_restates_the_key_next_to_its_answer():
+    cap = scene_caption(scene())
+    assert focus_thought(scene(), "where is the blue circle?") == cap + " ; blue circle middle right"
+    assert focus_thought(scene(), "is there a red square ?") == cap + " ; red square top left"
+    assert focus_thought(scene(), "is there a red circle?") == cap + " ; red circle none"
+    assert focus_thought(scene(), "what shape is the red object?") == cap + " ; red square"
+    assert focus_thought(scene(), "is the red square left of the blue circle?") == \
+        cap + " ; red square top left ; blue circle middle right"
+    for q in ("how many squares are there?", "what colour is the circle?", "is the red square small or large?",
+              "what does the sign say?"):
+        assert focus_thought(scene(), q) == cap
+
+
+def test_understanding_data_focus_thoughts(tmp_path):
+    from thinkgen.nano.prompts import generate
+
+    paths = write_understanding_data(tmp_path / "und", 40, 0, seed=3, focus=True)
+    vqa = [json.loads(x) for x in paths["vqa"].read_text().splitlines()]
+    samples = generate("understanding", 40, seed=3, split="train")
+    assert [r["instruction"] for r in vqa] == [s.question for s in samples]
+    assert [r["think"] for r in vqa] == [focus_thought(s.input_scene, s.question) for s in samples]
+    assert any(" ; " in r["think"] for r in vqa)
 
 
 def test_understanding_data_thinks_in_captions(tmp_path):

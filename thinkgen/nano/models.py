@@ -1,7 +1,7 @@
 """ThinkGen-Nano model builders: tokenizer, MLLM (tiny Qwen3-VL), VAE (AutoencoderKL, x4) and DiT, per preset.
 
 Presets (``PRESETS``): ``smoke`` (seconds, tests), ``quick`` (what the shipped checkpoint uses on 2 CPU cores) and
-``full`` (the <= 2 h CPU recipe). Sizes only; step counts live in ``thinkgen.nano.train``.
+``full`` (bigger, for a GPU or dedicated cores; not measured). Sizes only; step counts live in ``thinkgen.nano.train``.
 
 Text convention: every nano text is ``world.normalise_text``-ed (sign text glued in capitals, e.g. ``"CAT"``). The
 tokenizer makes each vocabulary word one token and never merges capital letters, so sign text always tokenises

@@ -21,7 +21,9 @@ project trainers resume unfinished ones from their last checkpoint). Stages:
    ``und_data`` + ``understand`` - MLLM SFT (project trainer) on scene captions + VQA whose answers follow a think
    trace describing the scene, with the generation SFT records; the text-only DiT features stay anchored to the
    vision-stage MLLM (``anchor_weight``), so the DiT stages below (trained on that MLLM's features) still fit.
-   ``final`` ships this MLLM (its processor at ``understand_side``).
+   ``understand2``: the thoughts down-weighted so the answer gets the signal; ``understand3``: fresh VQA whose
+   thought ends with the question's key restated next to what follows it in the caption (``focus_thought``).
+   ``final`` ships the last of these MLLMs (its processor at ``understand_side``).
 5. ``dit1``   - the project's DiT trainer, paper stage 1: connector (caption embedder) + prepad states only,
    pseudo-CoT no-think features of the frozen SFT MLLM.
 6. ``dit2``   - paper stage 2: the whole DiT on the same pseudo-CoT data (composition, reasoning targets, text,
@@ -47,12 +49,13 @@ from pathlib import Path
 
 import torch
 
-STAGES = ("data", "vae", "mllm", "mllm2", "vision", "vision_pre", "und_data", "understand", "understand2", "dit1",
+STAGES = ("data", "vae", "mllm", "mllm2", "vision", "vision_pre", "und_data", "understand", "understand2",
+          "understand3", "dit1",
           "dit2", "dit3", "focus_data", "dit4", "final", "eval")
 # ``dit4`` ("focus"): a continuation on a second DiT set weighted to text rendering and editing, a share of it in the
 # think-on feature format (``condition: think`` records), so the painter also learns the features it sees with think
 # on. Family weights of that set:
-EYE_STAGES = ("vision_pre", "und_data", "understand", "understand2")   # MLLM only: can run next to the DiT stages
+EYE_STAGES = ("vision_pre", "und_data", "understand", "understand2", "understand3")   # MLLM only: can run next to the DiT stages
 DIT_STAGES = ("dit1", "dit2", "dit3", "focus_data", "dit4")
 FOCUS_MIX = {"composition": 1.5, "reasoning": 0.75, "text": 3.0, "editing": 4.0, "reflection": 0.5}
 
@@ -97,6 +100,12 @@ class Recipe:
     understand2_steps: int = 0       # continuation with the think block down-weighted (the answer gets the signal)
     understand2_lr: float = 5e-4
     understand2_think_weight: float = 0.1
+    # phase 3: fresh VQA whose think trace ends with the question's key restated (vision.focus_thought), so the
+    # answer is read next to the key (an induction-style copy) instead of by a two-hop lookup in the caption
+    und3_n_qa: int = 40000
+    understand3_steps: int = 0
+    understand3_lr: float = 5e-4
+    understand3_think_weight: float = 0.5
     sample_steps: int = 20
     eval_n: int = 8
     eval_seeds: int = 2
@@ -124,21 +133,23 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "smoke": Recipe("smoke", n_sft=24, n_dit=24, vae_steps=2, vae_batch=2, mllm_steps=2, mllm_batch=2, mllm_lr=1e-3,
                     mllm2_steps=2, vision_steps=2, vision_pre_steps=2, und_n_qa=8, und_n_captions=8,
-                    understand_steps=2, understand2_steps=2, understand_side=64, dit3_steps=2, dit4_steps=2,
+                    understand_steps=2, understand2_steps=2, understand3_steps=2, und3_n_qa=8, understand_side=64,
+                    dit3_steps=2, dit4_steps=2,
                     focus_n_dit=24,
                     dit1_steps=2, dit2_steps=2, dit_batch=2, dit1_lr=1e-3, dit2_lr=1e-3, sample_steps=2, eval_n=2,
                     eval_seeds=1),
-    # the shipped checkpoint: about 85 min of wall time on a shared 2-core CPU (VAE next to the MLLM SFT)
+    # the shipped checkpoint's recipe. NOT timed end to end on the 2-core box: by its parts, data..dit3 ~81 min and
+    # focus_data + dit4 ~53 min (1 thread), i.e. about 2 h 15 min; the eye stages (~46 min + understand3 ~25 min on
+    # 1 thread) run next to the DiT stages with --jobs 2
     "quick": Recipe("quick", n_sft=6000, n_dit=6000, vae_steps=800, vae_batch=16, mllm_steps=700, mllm_batch=16,
                     mllm_lr=2e-3, dit1_steps=100, dit2_steps=4000, dit_batch=16, dit1_lr=2e-3, dit2_lr=1e-3,
                     mllm2_steps=1600, vision_steps=1000, dit3_steps=2400, dit4_steps=4000, vision_pre_steps=3000,
-                    understand_steps=4000, understand2_steps=1500),
-    # bigger DiT and longer schedules, for a GPU or dedicated cores (NOT measured on the 2-core box; quick is the
-    # measured <= 2 h CPU recipe: about 85 min of wall time there)
+                    understand_steps=4000, understand2_steps=1500, understand3_steps=6000),
+    # bigger DiT and longer schedules, for a GPU or dedicated cores (NOT measured)
     "full": Recipe("full", n_sft=12000, n_dit=12000, vae_steps=1200, vae_batch=16, mllm_steps=1800, mllm_batch=16,
                    mllm_lr=2e-3, dit1_steps=200, dit2_steps=6000, dit_batch=16, dit1_lr=2e-3, dit2_lr=1e-3,
                    mllm2_steps=2000, vision_steps=1500, dit3_steps=3000, dit4_steps=4000, vision_pre_steps=3000,
-                   understand_steps=6000, understand2_steps=2000),
+                   understand_steps=6000, understand2_steps=2000, understand3_steps=6000),
 }
 
 
@@ -332,44 +343,54 @@ def stage_und_data(out: Path, r: Recipe, seed: int) -> dict | None:
 
     if r.understand_steps <= 0:
         return None
-    return write_understanding_data(out / "data_und", r.und_n_qa, r.und_n_captions, seed=seed + 21,
-                                    sft_jsonl=out / "data" / "sft.jsonl")
+    paths = write_understanding_data(out / "data_und", r.und_n_qa, r.und_n_captions, seed=seed + 21,
+                                     sft_jsonl=out / "data" / "sft.jsonl")
+    if r.understand3_steps > 0:
+        paths["vqa_focus"] = write_understanding_data(out / "data_und" / "focus", r.und3_n_qa, 0, seed=seed + 23,
+                                                      focus=True)["vqa"]
+    return paths
 
 
 def understand_final(out: Path) -> Path | None:
-    for d in (out / "mllm" / "understand2" / "final", out / "mllm" / "understand" / "final"):
+    for d in (out / "mllm" / s_ / "final" for s_ in ("understand3", "understand2", "understand")):
         if (d / "mllm").is_dir():
             return d
     return None
 
 
 def stage_understand(out: Path, r: Recipe, seed: int, device: str, overrides: dict,
-                     second: bool = False) -> Path | None:
+                     phase: int = 1) -> Path | None:
     """The project's MLLM SFT from ``vision_pre`` on captions + VQA (answers after a think trace that describes the
     scene) + the generation SFT records (with their think traces), vision tower trained, per-sample loss, text-only
     DiT features anchored to the vision-stage MLLM (``anchor_weight``), so the DiT trained on that MLLM's features
-    keeps its conditioning. ``second``: phase 2 from phase 1's result (thoughts down-weighted, edits anchored too)."""
+    keeps its conditioning. ``phase`` 2: from phase 1's result, thoughts down-weighted, edits anchored too; ``phase``
+    3: from phase 2's result on fresh VQA whose thoughts end with the question's key restated (``focus_thought``)."""
     from thinkgen.train.config import mllm_sft
     from thinkgen.train.mllm_sft import train_mllm
 
-    steps = r.understand2_steps if second else r.understand_steps
+    steps, lr, think_weight = {1: (r.understand_steps, r.understand_lr, 1.0),
+                               2: (r.understand2_steps, r.understand2_lr, r.understand2_think_weight),
+                               3: (r.understand3_steps, r.understand3_lr, r.understand3_think_weight)}[phase]
     if steps <= 0:
         return None
+    d = out / "data_und"
     start = out / "mllm" / "vision_pre"
-    if second:
-        start = out / "mllm" / "understand" / "final"
+    if phase > 1:
+        start = understand_final(out)
     elif not (start / "mllm").is_dir():
         start = vision_final(out)
-    name = "understand2" if second else "understand"
+    name = "understand" if phase == 1 else f"understand{phase}"
+    vqa = d / "focus" / "vqa.jsonl" if phase == 3 else d / "vqa.jsonl"
+    ratios = (0.6, 0.1, 0.3) if phase == 3 else (0.35, 0.3, 0.35)     # phase 3: the answers get most of the batch
     cfg = mllm_sft(**{**dict(
-        model_dir=str(start), data=[{"path": str(out / "data_und" / "vqa.jsonl"), "ratio": 0.35},
-                                    {"path": str(out / "data_und" / "captions.jsonl"), "ratio": 0.3},
-                                    {"path": str(out / "data_und" / "sft_gen.jsonl"), "ratio": 0.35}],
-        output_dir=str(out / "mllm" / name), seed=seed + (6 if second else 4),
-        lr=r.understand2_lr if second else r.understand_lr, warmup_steps=50 if second else 100,
+        model_dir=str(start), data=[{"path": str(vqa), "ratio": ratios[0]},
+                                    {"path": str(d / "captions.jsonl"), "ratio": ratios[1]},
+                                    {"path": str(d / "sft_gen.jsonl"), "ratio": ratios[2]}],
+        output_dir=str(out / "mllm" / name), seed=seed + 2 + 2 * phase,
+        lr=lr, warmup_steps=50 if phase > 1 else 100,
         lr_schedule="cosine", min_lr_ratio=0.05, max_steps=steps, batch_size=r.mllm_batch,
-        think_loss_weight=r.understand2_think_weight if second else 1.0,
-        anchor_images=second,    # phase 2 also holds the edits' features (the DiT reads them with a reference image)
+        think_loss_weight=think_weight,
+        anchor_images=phase > 1,   # phases 2-3 also hold the edits' features (the DiT reads them with a reference image)
         max_seq_len=512, max_image_pixels=r.understand_side ** 2, freeze_vision=False, weight_decay=0.0,
         loss_reduction="sample", anchor_weight=r.understand_anchor, anchor_model_dir=str(vision_final(out)),
         device=device, log_every=50, save_every=250, keep_last=1, shuffle_buffer=2000),
@@ -625,7 +646,8 @@ def main(argv=None) -> int:
         run("vision_pre", lambda: stage_vision_pre(out, r, a.seed, a.device))
         run("und_data", lambda: stage_und_data(out, r, a.seed))
         run("understand", lambda: stage_understand(out, r, a.seed, a.device, tset))
-        run("understand2", lambda: stage_understand(out, r, a.seed, a.device, tset, second=True))
+        run("understand2", lambda: stage_understand(out, r, a.seed, a.device, tset, phase=2))
+        run("understand3", lambda: stage_understand(out, r, a.seed, a.device, tset, phase=3))
     run("dit1", lambda: stage_dit(out, r, a.seed, a.device, "dit1", tset))
     run("dit2", lambda: stage_dit(out, r, a.seed, a.device, "dit2", tset))
     run("dit3", lambda: stage_dit(out, r, a.seed, a.device, "dit3", tset) if r.dit3_steps > 0 else None)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import time
 from pathlib import Path
 
@@ -87,6 +88,39 @@ def scene_caption(scene: W.Scene) -> str:
     if scene.text:
         parts.append(f"sign {scene.text}")
     return " , ".join(parts)
+
+
+_WHERE = re.compile(r"^where is the (\w+) (\w+) ?\?$")
+_EXISTS = re.compile(r"^is there a (\w+) (\w+) ?\?$")
+_SHAPE = re.compile(r"^what shape is the (\w+) object ?\?$")
+_POSITION = re.compile(r"^is the (\w+) (\w+) (?:left of|right of|above|below) the (\w+) (\w+) ?\?$")
+
+
+def focus_thought(scene: W.Scene, question: str) -> str:
+    """``scene_caption`` followed by the question's key restated with what follows it in the caption, so that the
+    answer is read next to the question's key (an induction-style copy) instead of by a two-hop lookup:
+
+    * "where is the blue circle ?"  -> caption + " ; blue circle top middle"  (the slot, or "none")
+    * "is there a blue circle ?"    -> caption + " ; blue circle top middle"  (or " ; blue circle none")
+    * "what shape is the blue object ?" -> caption + " ; blue circle"
+    * "is the A B left of the C D ?" -> caption + " ; A B slot ; C D slot"
+    Other questions (count, colour, size, text) get the caption alone."""
+    cap = scene_caption(scene)
+    objs = sorted(scene.objects, key=lambda o: o.slot)
+
+    def entry(colour: str, kind: str) -> str:
+        hit = [o for o in objs if o.colour == colour and o.kind == kind]
+        return f"{colour} {kind} " + (W.slot_name(hit[0].slot) if hit else "none")
+
+    q = " ".join(question.split())
+    if (m := _WHERE.match(q)) or (m := _EXISTS.match(q)):
+        return f"{cap} ; {entry(m.group(1), m.group(2))}"
+    if m := _SHAPE.match(q):
+        hit = [o for o in objs if o.colour == m.group(1)]
+        return f"{cap} ; {m.group(1)} {hit[0].kind if hit else 'none'}"
+    if m := _POSITION.match(q):
+        return f"{cap} ; {entry(m.group(1), m.group(2))} ; {entry(m.group(3), m.group(4))}"
+    return cap
 
 
 def random_training_scene(rng: random.Random) -> W.Scene:
@@ -187,12 +221,13 @@ def pretrain_vision(mllm, steps: int, lr: float = 2e-3, batch_size: int = 32, se
 
 # ------------------------------------------------------------------------------------------------ data
 def write_understanding_data(folder: str | Path, n_qa: int, n_captions: int, seed: int = 0,
-                             sft_jsonl: str | Path | None = None) -> dict[str, Path]:
+                             sft_jsonl: str | Path | None = None, focus: bool = False) -> dict[str, Path]:
     """Data of the understanding SFT stage, with images, in ``folder``:
 
     * ``vqa.jsonl``: train-split understanding questions; each answer follows a think trace that describes the
       scene (``<think> small red square top left , ... </think> red``): the model looks first, in words, then
-      answers from its own description (ThinkGen's think-then-answer, applied to understanding);
+      answers from its own description (ThinkGen's think-then-answer, applied to understanding); with ``focus``
+      the trace ends with the question's key restated (``focus_thought``);
     * ``captions.jsonl``: random scenes with the question ``CAPTION_QUESTION`` answered by ``scene_caption``;
     * ``sft_gen.jsonl`` (when ``sft_jsonl`` is given): its generation records only (absolute image paths), so the
       old answer-only understanding records do not teach the model to skip the look."""
@@ -205,7 +240,7 @@ def write_understanding_data(folder: str | Path, n_qa: int, n_captions: int, see
     vqa = []
     for s in generate("understanding", n_qa, seed=seed, split="train"):
         rec = sft_record(s, store)
-        rec["think"] = scene_caption(s.input_scene)
+        rec["think"] = focus_thought(s.input_scene, s.question) if focus else scene_caption(s.input_scene)
         vqa.append(rec)
     rng = random.Random(seed + 1)
     caps = []
@@ -238,5 +273,5 @@ def write_understanding_data(folder: str | Path, n_qa: int, n_captions: int, see
     return paths
 
 
-__all__ = ["cell_targets", "slot_targets", "scene_caption", "VisionProbe", "pretrain_vision", "visual_tokens",
+__all__ = ["cell_targets", "slot_targets", "scene_caption", "focus_thought", "VisionProbe", "pretrain_vision", "visual_tokens",
            "write_understanding_data", "CAPTION_QUESTION"]

@@ -1,0 +1,59 @@
+"""One run of the nano understanding phase 3 ("focus thoughts") on an existing eye run folder: the commands that made
+the shipped MLLM (bench/results/nano_understanding.md). The recipe stage ``understand3`` of ``thinkgen train nano``
+runs the same trainer config from scratch; this script only lets the data seed, start model and lr be named.
+
+    python bench/nano_focus_phase.py --run R --out OUT --start MLLM_DIR --data-seed 79 --lr 5e-4 --steps 3000
+
+``R`` is a ``thinkgen train nano`` run folder with the eye stages done (``R/mllm/vision`` is the anchor reference,
+``R/data_und/{captions,sft_gen}.jsonl`` the other two data sources); ``MLLM_DIR`` holds ``mllm/`` + ``processor/``.
+Writes ``OUT/data/vqa.jsonl`` (``n_qa`` fresh train-split questions with focus thoughts) and ``OUT/mllm/final``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--start", type=Path, required=True)
+    ap.add_argument("--data-seed", type=int, required=True)
+    ap.add_argument("--n-qa", type=int, default=40000)
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--think-weight", type=float, default=0.5)
+    ap.add_argument("--vqa-ratio", type=float, default=0.6)
+    ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+
+    from thinkgen.nano.vision import write_understanding_data
+    from thinkgen.train.config import mllm_sft
+    from thinkgen.train.mllm_sft import train_mllm
+
+    torch.set_num_threads(args.threads)
+    data = args.out / "data"
+    if not (data / "vqa.jsonl").is_file():
+        write_understanding_data(data, args.n_qa, 0, seed=args.data_seed, focus=True)
+    und = args.run / "data_und"
+    cfg = mllm_sft(
+        model_dir=str(args.start),
+        data=[{"path": str(data / "vqa.jsonl"), "ratio": args.vqa_ratio},
+              {"path": str(und / "captions.jsonl"), "ratio": 0.1},
+              {"path": str(und / "sft_gen.jsonl"), "ratio": 0.9 - args.vqa_ratio}],
+        output_dir=str(args.out / "mllm"), seed=args.seed, lr=args.lr, warmup_steps=50, lr_schedule="cosine",
+        min_lr_ratio=0.05, max_steps=args.steps, batch_size=16, think_loss_weight=args.think_weight,
+        anchor_images=True, max_seq_len=512, max_image_pixels=128 ** 2, freeze_vision=False, weight_decay=0.0,
+        loss_reduction="sample", anchor_weight=30.0, anchor_model_dir=str(args.run / "mllm" / "vision"),
+        device="cpu", log_every=50, save_every=250, keep_last=1, shuffle_buffer=2000)
+    print(train_mllm(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
