@@ -50,12 +50,12 @@ from pathlib import Path
 import torch
 
 STAGES = ("data", "vae", "mllm", "mllm2", "vision", "vision_pre", "und_data", "understand", "understand2",
-          "understand3", "dit1",
-          "dit2", "dit3", "focus_data", "dit4", "final", "eval")
+          "understand3", "dit1", "dit2", "dit3", "focus_data", "dit4", "final", "eval")
 # ``dit4`` ("focus"): a continuation on a second DiT set weighted to text rendering and editing, a share of it in the
 # think-on feature format (``condition: think`` records), so the painter also learns the features it sees with think
 # on. Family weights of that set:
-EYE_STAGES = ("vision_pre", "und_data", "understand", "understand2", "understand3")   # MLLM only: can run next to the DiT stages
+# MLLM only: can run next to the DiT stages
+EYE_STAGES = ("vision_pre", "und_data", "understand", "understand2", "understand3")
 DIT_STAGES = ("dit1", "dit2", "dit3", "focus_data", "dit4")
 FOCUS_MIX = {"composition": 1.5, "reasoning": 0.75, "text": 3.0, "editing": 4.0, "reflection": 0.5}
 
@@ -375,8 +375,9 @@ def stage_understand(out: Path, r: Recipe, seed: int, device: str, overrides: di
         return None
     d = out / "data_und"
     start = out / "mllm" / "vision_pre"
-    if phase > 1:
-        start = understand_final(out)
+    if phase > 1:       # the previous phase's result (phase 3 from phase 1's when phase 2 is switched off)
+        prev = [f"understand{'' if k == 1 else k}" for k in range(phase - 1, 0, -1)]
+        start = next(out / "mllm" / n / "final" for n in prev if (out / "mllm" / n / "final" / "mllm").is_dir())
     elif not (start / "mllm").is_dir():
         start = vision_final(out)
     name = "understand" if phase == 1 else f"understand{phase}"
