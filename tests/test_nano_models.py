@@ -176,6 +176,9 @@ def test_shipped_checkpoint_loads_and_generates():
     assert thoughts == focus_thought(scene, "where is the blue circle?")
     assert thoughts.endswith(" ; blue circle middle right")
     assert answer == "middle right"
+    thoughts, answer = split_thoughts(pipe.chat("what colour is the circle?", images=[world.render(scene)],
+                                                max_new_tokens=128))
+    assert thoughts.endswith(" ; circle blue") and answer == "blue"
 
 
 @pytest.mark.parametrize("argv,needle", [

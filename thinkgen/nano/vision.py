@@ -93,33 +93,59 @@ def scene_caption(scene: W.Scene) -> str:
 _WHERE = re.compile(r"^where is the (\w+) (\w+) ?\?$")
 _EXISTS = re.compile(r"^is there a (\w+) (\w+) ?\?$")
 _SHAPE = re.compile(r"^what shape is the (\w+) object ?\?$")
-_POSITION = re.compile(r"^is the (\w+) (\w+) (?:left of|right of|above|below) the (\w+) (\w+) ?\?$")
+_COLOUR = re.compile(r"^what colour is the (\w+) ?\?$")
+_SIZE = re.compile(r"^is the (\w+) (\w+) small or large ?\?$")
+_COUNT_COLOUR = re.compile(r"^how many (\w+) shapes are there ?\?$")
+_COUNT_KIND = re.compile(r"^how many (\w+) are there ?\?$")
+_POSITION = re.compile(r"^is the (\w+) (\w+) (left of|right of|above|below) the (\w+) (\w+) ?\?$")
 
 
 def focus_thought(scene: W.Scene, question: str) -> str:
-    """``scene_caption`` followed by the question's key restated with what follows it in the caption, so that the
-    answer is read next to the question's key (an induction-style copy) instead of by a two-hop lookup:
+    """``scene_caption`` followed by the question's key restated with the attribute it asks for, so that the answer
+    is read next to the question's key (an induction-style copy) instead of by a two-hop lookup in the caption:
 
-    * "where is the blue circle ?"  -> caption + " ; blue circle top middle"  (the slot, or "none")
-    * "is there a blue circle ?"    -> caption + " ; blue circle top middle"  (or " ; blue circle none")
-    * "what shape is the blue object ?" -> caption + " ; blue circle"
-    * "is the A B left of the C D ?" -> caption + " ; A B slot ; C D slot"
-    Other questions (count, colour, size, text) get the caption alone."""
+    * "where is the blue circle?" / "is there a blue circle?" -> caption + " ; blue circle top middle" (or "none")
+    * "what shape is the blue object?" -> caption + " ; blue circle"
+    * "what colour is the circle?" -> caption + " ; circle blue"
+    * "is the blue circle small or large?" -> caption + " ; blue circle small"
+    * "how many circles are there?" / "how many blue shapes are there?" -> caption + " ; blue circle , red circle"
+      (the matching objects in slot order, or "none"); "how many shapes are there?" keeps the caption alone
+    * "is the A B left of the C D?" -> caption + " ; A B slot ; C D slot ; relations of A to C" (e.g. "above , left of")
+    Sign questions keep the caption alone."""
     cap = scene_caption(scene)
     objs = sorted(scene.objects, key=lambda o: o.slot)
 
+    def find(colour: str | None = None, kind: str | None = None) -> list[W.Obj]:
+        return [o for o in objs if colour in (None, o.colour) and kind in (None, o.kind)]
+
     def entry(colour: str, kind: str) -> str:
-        hit = [o for o in objs if o.colour == colour and o.kind == kind]
+        hit = find(colour, kind)
         return f"{colour} {kind} " + (W.slot_name(hit[0].slot) if hit else "none")
 
     q = " ".join(question.split())
     if (m := _WHERE.match(q)) or (m := _EXISTS.match(q)):
         return f"{cap} ; {entry(m.group(1), m.group(2))}"
     if m := _SHAPE.match(q):
-        hit = [o for o in objs if o.colour == m.group(1)]
+        hit = find(colour=m.group(1))
         return f"{cap} ; {m.group(1)} {hit[0].kind if hit else 'none'}"
+    if (m := _COLOUR.match(q)) and m.group(1) in W.KINDS:
+        hit = find(kind=m.group(1))
+        return f"{cap} ; {m.group(1)} {hit[0].colour if hit else 'none'}"
+    if m := _SIZE.match(q):
+        hit = find(m.group(1), m.group(2))
+        return f"{cap} ; {m.group(1)} {m.group(2)} {hit[0].size if hit else 'none'}"
+    if (m := _COUNT_COLOUR.match(q)) and m.group(1) in W.COLOUR_NAMES:
+        hit = find(colour=m.group(1))
+    elif (m := _COUNT_KIND.match(q)) and m.group(1) != "shapes":
+        hit = [o for o in objs if W.plural(o.kind, 2) == m.group(1)]
+    else:
+        hit = None
+    if hit is not None:
+        return f"{cap} ; " + (" , ".join(f"{o.colour} {o.kind}" for o in hit) or "none")
     if m := _POSITION.match(q):
-        return f"{cap} ; {entry(m.group(1), m.group(2))} ; {entry(m.group(3), m.group(4))}"
+        a, b = find(m.group(1), m.group(2)), find(m.group(4), m.group(5))
+        rels = " , ".join(sorted(W.relative_position(a[0], b[0]))) if a and b else "none"
+        return f"{cap} ; {entry(m.group(1), m.group(2))} ; {entry(m.group(4), m.group(5))} ; {rels or 'none'}"
     return cap
 
 
