@@ -148,6 +148,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu-offload", action="store_true",
                     help="enable_model_cpu_offload(device): only the end-to-end runs and the peak memory are measured")
     args = ap.parse_args(argv)
+    for name in ("batch", "iters", "think_tokens"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")
 
     from thinkgen.pipeline import ThinkGenPipeline
     from thinkgen.testing import build_tiny_pipeline

@@ -31,6 +31,20 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
+    # refuse bad input before anything is written
+    for name in ("n_qa", "steps", "threads"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")
+    if not args.lr > 0:
+        ap.error(f"--lr={args.lr} must be > 0 (e.g. --lr 5e-4)")
+    if not 0.0 < args.vqa_ratio < 0.9:
+        ap.error(f"--vqa-ratio={args.vqa_ratio} must be in (0, 0.9): captions take 0.1, generation records the rest")
+    need = [args.run / "mllm" / "vision" / "mllm", args.run / "data_und" / "captions.jsonl",
+            args.run / "data_und" / "sft_gen.jsonl", args.start / "mllm", args.start / "processor"]
+    missing = [str(p) for p in need if not p.exists()]
+    if missing:
+        ap.error(f"missing {missing}: --run must be a `thinkgen train nano` folder with the eye stages done and "
+                 "--start a folder with mllm/ and processor/")
 
     from thinkgen.nano.vision import write_understanding_data
     from thinkgen.train.config import mllm_sft

@@ -31,6 +31,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="JSON file (meta, summary, rows)")
     args = ap.parse_args(argv)
+    if args.n < 1 or args.threads < 1:
+        ap.error(f"--n={args.n} and --threads={args.threads} must be >= 1")
 
     from transformers import GenerationConfig
 

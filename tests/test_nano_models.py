@@ -185,6 +185,7 @@ def test_shipped_checkpoint_loads_and_generates():
     (["train", "--set", "focus_think_fraction=2"], "focus_think_fraction=2"),
     (["train", "--set", "bogus=1"], "bogus"),
     (["train", "--set", "dit4_steps=-5"], "dit4_steps=-5"),
+    (["train", "--set", "und3_n_qa=0"], "und3_n_qa=0"),
     (["eval", "--n-composition", "-3"], "--n-composition=-3"),
     (["eval", "--seeds", "0"], "--seeds=0"),
 ])

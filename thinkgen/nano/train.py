@@ -123,6 +123,9 @@ class Recipe:
         for name in ("n_sft", "n_dit", "vae_batch", "mllm_batch", "dit_batch", "sample_steps", "eval_seeds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"recipe {name}={getattr(self, name)!r} must be >= 1")
+        if self.understand3_steps > 0 and self.und3_n_qa < 1:
+            raise ValueError(f"recipe und3_n_qa={self.und3_n_qa!r} must be >= 1 when understand3_steps > 0 "
+                             "(e.g. --set und3_n_qa=40000)")
         if self.dit4_steps > 0 and self.focus_n_dit < 1:
             raise ValueError(f"recipe focus_n_dit={self.focus_n_dit!r} must be >= 1 when dit4_steps > 0")
         if not 0.0 <= self.focus_think_fraction <= 1.0:
