@@ -1,6 +1,7 @@
 """One run of the nano understanding phase 3 ("focus thoughts") on an existing eye run folder: the commands that made
 the shipped MLLM (bench/results/nano_understanding.md). The recipe stage ``understand3`` of ``thinkgen train nano``
-runs the same trainer config from scratch; this script only lets the data seed, start model and lr be named.
+runs the same trainer config (``eye_sft_fields``) from scratch; this script only lets the data seed, start model and
+lr be named.
 
     python bench/nano_focus_phase.py --run R --out OUT --start MLLM_DIR --data-seed 79 --lr 5e-4 --steps 3000
 
@@ -46,6 +47,7 @@ def main(argv=None) -> int:
         ap.error(f"missing {missing}: --run must be a `thinkgen train nano` folder with the eye stages done and "
                  "--start a folder with mllm/ and processor/")
 
+    from thinkgen.nano.train import RECIPES, eye_sft_fields
     from thinkgen.nano.vision import write_understanding_data
     from thinkgen.train.config import mllm_sft
     from thinkgen.train.mllm_sft import train_mllm
@@ -54,17 +56,10 @@ def main(argv=None) -> int:
     data = args.out / "data"
     if not (data / "vqa.jsonl").is_file():
         write_understanding_data(data, args.n_qa, 0, seed=args.data_seed, focus=True)
-    und = args.run / "data_und"
-    cfg = mllm_sft(
-        model_dir=str(args.start),
-        data=[{"path": str(data / "vqa.jsonl"), "ratio": args.vqa_ratio},
-              {"path": str(und / "captions.jsonl"), "ratio": 0.1},
-              {"path": str(und / "sft_gen.jsonl"), "ratio": 0.9 - args.vqa_ratio}],
-        output_dir=str(args.out / "mllm"), seed=args.seed, lr=args.lr, warmup_steps=50, lr_schedule="cosine",
-        min_lr_ratio=0.05, max_steps=args.steps, batch_size=16, think_loss_weight=args.think_weight,
-        anchor_images=True, max_seq_len=512, max_image_pixels=128 ** 2, freeze_vision=False, weight_decay=0.0,
-        loss_reduction="sample", anchor_weight=30.0, anchor_model_dir=str(args.run / "mllm" / "vision"),
-        device="cpu", log_every=50, save_every=250, keep_last=1, shuffle_buffer=2000)
+    cfg = mllm_sft(**eye_sft_fields(RECIPES["quick"], 3, args.start, data / "vqa.jsonl", args.run / "data_und",
+                                    args.out / "mllm", args.run / "mllm" / "vision", seed=args.seed, lr=args.lr,
+                                    steps=args.steps, think_weight=args.think_weight, device="cpu",
+                                    vqa_ratio=args.vqa_ratio))
     print(train_mllm(cfg))
     return 0
 

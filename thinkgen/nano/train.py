@@ -361,6 +361,29 @@ def understand_final(out: Path) -> Path | None:
     return None
 
 
+def eye_sft_fields(r: Recipe, phase: int, start: Path, vqa: Path, und_dir: Path, output_dir: Path,
+                   anchor_model_dir: Path, *, seed: int, lr: float, steps: int, think_weight: float, device: str,
+                   vqa_ratio: float | None = None) -> dict:
+    """MLLM SFT config fields of an eye phase (shared by ``stage_understand`` and bench/nano_focus_phase.py): VQA
+    from ``vqa``, captions and generation records from ``und_dir``, DiT features anchored to ``anchor_model_dir``.
+    Phase 3 gives the answers most of the batch (``vqa_ratio``, default 0.6; captions 0.1, generation the rest)."""
+    if phase == 3:
+        ratios = (0.6, 0.1, 0.3) if vqa_ratio is None else (vqa_ratio, 0.1, 0.9 - vqa_ratio)
+    else:
+        ratios = (0.35, 0.3, 0.35)
+    return dict(
+        model_dir=str(start), data=[{"path": str(vqa), "ratio": ratios[0]},
+                                    {"path": str(und_dir / "captions.jsonl"), "ratio": ratios[1]},
+                                    {"path": str(und_dir / "sft_gen.jsonl"), "ratio": ratios[2]}],
+        output_dir=str(output_dir), seed=seed, lr=lr, warmup_steps=50 if phase > 1 else 100,
+        lr_schedule="cosine", min_lr_ratio=0.05, max_steps=steps, batch_size=r.mllm_batch,
+        think_loss_weight=think_weight,
+        anchor_images=phase > 1,   # phases 2-3 also hold the edits' features (the DiT reads them with a reference image)
+        max_seq_len=512, max_image_pixels=r.understand_side ** 2, freeze_vision=False, weight_decay=0.0,
+        loss_reduction="sample", anchor_weight=r.understand_anchor, anchor_model_dir=str(anchor_model_dir),
+        device=device, log_every=50, save_every=250, keep_last=1, shuffle_buffer=2000)
+
+
 def stage_understand(out: Path, r: Recipe, seed: int, device: str, overrides: dict,
                      phase: int = 1) -> Path | None:
     """The project's MLLM SFT from ``vision_pre`` on captions + VQA (answers after a think trace that describes the
@@ -385,20 +408,10 @@ def stage_understand(out: Path, r: Recipe, seed: int, device: str, overrides: di
         start = vision_final(out)
     name = "understand" if phase == 1 else f"understand{phase}"
     vqa = d / "focus" / "vqa.jsonl" if phase == 3 else d / "vqa.jsonl"
-    ratios = (0.6, 0.1, 0.3) if phase == 3 else (0.35, 0.3, 0.35)     # phase 3: the answers get most of the batch
-    cfg = mllm_sft(**{**dict(
-        model_dir=str(start), data=[{"path": str(vqa), "ratio": ratios[0]},
-                                    {"path": str(d / "captions.jsonl"), "ratio": ratios[1]},
-                                    {"path": str(d / "sft_gen.jsonl"), "ratio": ratios[2]}],
-        output_dir=str(out / "mllm" / name), seed=seed + 2 + 2 * phase,
-        lr=lr, warmup_steps=50 if phase > 1 else 100,
-        lr_schedule="cosine", min_lr_ratio=0.05, max_steps=steps, batch_size=r.mllm_batch,
-        think_loss_weight=think_weight,
-        anchor_images=phase > 1,   # phases 2-3 also hold the edits' features (the DiT reads them with a reference image)
-        max_seq_len=512, max_image_pixels=r.understand_side ** 2, freeze_vision=False, weight_decay=0.0,
-        loss_reduction="sample", anchor_weight=r.understand_anchor, anchor_model_dir=str(vision_final(out)),
-        device=device, log_every=50, save_every=250, keep_last=1, shuffle_buffer=2000),
-        **overrides.get(name, {})})
+    cfg = mllm_sft(**{**eye_sft_fields(r, phase, start, vqa, d, out / "mllm" / name, vision_final(out),
+                                       seed=seed + 2 + 2 * phase, lr=lr, steps=steps, think_weight=think_weight,
+                                       device=device),
+                      **overrides.get(name, {})})
     return train_mllm(cfg)
 
 
