@@ -186,6 +186,7 @@ def test_shipped_checkpoint_loads_and_generates():
     (["train", "--set", "bogus=1"], "bogus"),
     (["train", "--set", "dit4_steps=-5"], "dit4_steps=-5"),
     (["train", "--set", "und3_n_qa=0"], "und3_n_qa=0"),
+    (["train", "--set", "understand3_vqa_ratio=0.95"], "understand3_vqa_ratio=0.95"),
     (["eval", "--n-composition", "-3"], "--n-composition=-3"),
     (["eval", "--seeds", "0"], "--seeds=0"),
 ])

@@ -69,9 +69,11 @@ def test_focus_thought_restates_the_key_next_to_its_answer():
     assert focus_thought(scene(), "is the red square small or large?") == cap + " ; red square large"
     assert focus_thought(scene(), "how many squares are there?") == cap + " ; red square"
     assert focus_thought(scene(), "how many green shapes are there?") == cap + " ; none"
-    rel = " , ".join(sorted(W.relative_position(scene().objects[0], scene().objects[1])))
-    assert rel and focus_thought(scene(), "is the red square left of the blue circle?") == \
-        cap + " ; red square top left ; blue circle middle right ; " + rel
+    assert W.relative_position(scene().objects[0], scene().objects[1]) == {"left of"}
+    assert focus_thought(scene(), "is the red square left of the blue circle?") == \
+        cap + " ; red square top left ; blue circle middle right ; left of yes , right of no , above no , below no ; left of yes"
+    assert focus_thought(scene(), "is the red square below the green circle?") == \
+        cap + " ; red square top left ; green circle none ; none"
     for q in ("how many shapes are there?", "what does the sign say?"):
         assert focus_thought(scene(), q) == cap
 

@@ -102,10 +102,11 @@ class Recipe:
     understand2_think_weight: float = 0.1
     # phase 3: fresh VQA whose think trace ends with the question's key restated (vision.focus_thought), so the
     # answer is read next to the key (an induction-style copy) instead of by a two-hop lookup in the caption
-    und3_n_qa: int = 40000
+    und3_n_qa: int = 120000
     understand3_steps: int = 0
     understand3_lr: float = 5e-4
     understand3_think_weight: float = 0.5
+    understand3_vqa_ratio: float = 0.7   # share of the batch for the focus VQA (captions 0.1, generation the rest)
     sample_steps: int = 20
     eval_n: int = 8
     eval_seeds: int = 2
@@ -126,6 +127,10 @@ class Recipe:
         if self.understand3_steps > 0 and self.und3_n_qa < 1:
             raise ValueError(f"recipe und3_n_qa={self.und3_n_qa!r} must be >= 1 when understand3_steps > 0 "
                              "(e.g. --set und3_n_qa=40000)")
+        if not 0.0 < self.understand3_vqa_ratio < 0.9:
+            raise ValueError(f"recipe understand3_vqa_ratio={self.understand3_vqa_ratio!r} must be in (0, 0.9): "
+                             "captions take 0.1 of the batch, generation records the rest (e.g. --set "
+                             "understand3_vqa_ratio=0.7)")
         if self.dit4_steps > 0 and self.focus_n_dit < 1:
             raise ValueError(f"recipe focus_n_dit={self.focus_n_dit!r} must be >= 1 when dit4_steps > 0")
         if not 0.0 <= self.focus_think_fraction <= 1.0:
@@ -142,17 +147,19 @@ RECIPES: dict[str, Recipe] = {
                     dit1_steps=2, dit2_steps=2, dit_batch=2, dit1_lr=1e-3, dit2_lr=1e-3, sample_steps=2, eval_n=2,
                     eval_seeds=1),
     # the shipped checkpoint's recipe. NOT timed end to end on the 2-core box: by its parts, data..dit3 ~81 min and
-    # focus_data + dit4 ~53 min (1 thread), i.e. about 2 h 15 min; the eye stages (~46 min + understand3 ~40 min on
-    # 1 thread) run next to the DiT stages with --jobs 2
+    # focus_data + dit4 ~53 min (1 thread), i.e. about 2 h 15 min; the eye stages (~46 min, then understand3's 17,000
+    # steps ~100 min at 2.6-3 it/s on 1 thread) run next to the DiT stages with --jobs 2, so about 2 h 30 min in all.
+    # The shipped MLLM's phase 3 was five restarted runs (3,000 x 3 + 4,000 x 2 steps, a fresh 40,000-question draw
+    # each, focus_thought versions 1 -> 3; bench/results/nano_understanding.md); understand3 runs them as one phase.
     "quick": Recipe("quick", n_sft=6000, n_dit=6000, vae_steps=800, vae_batch=16, mllm_steps=700, mllm_batch=16,
                     mllm_lr=2e-3, dit1_steps=100, dit2_steps=4000, dit_batch=16, dit1_lr=2e-3, dit2_lr=1e-3,
                     mllm2_steps=1600, vision_steps=1000, dit3_steps=2400, dit4_steps=4000, vision_pre_steps=3000,
-                    understand_steps=4000, understand2_steps=1500, understand3_steps=9000),
+                    understand_steps=4000, understand2_steps=1500, understand3_steps=17000),
     # bigger DiT and longer schedules, for a GPU or dedicated cores (NOT measured)
     "full": Recipe("full", n_sft=12000, n_dit=12000, vae_steps=1200, vae_batch=16, mllm_steps=1800, mllm_batch=16,
                    mllm_lr=2e-3, dit1_steps=200, dit2_steps=6000, dit_batch=16, dit1_lr=2e-3, dit2_lr=1e-3,
                    mllm2_steps=2000, vision_steps=1500, dit3_steps=3000, dit4_steps=4000, vision_pre_steps=3000,
-                   understand_steps=6000, understand2_steps=2000, understand3_steps=9000),
+                   understand_steps=6000, understand2_steps=2000, understand3_steps=17000),
 }
 
 
@@ -410,7 +417,7 @@ def stage_understand(out: Path, r: Recipe, seed: int, device: str, overrides: di
     vqa = d / "focus" / "vqa.jsonl" if phase == 3 else d / "vqa.jsonl"
     cfg = mllm_sft(**{**eye_sft_fields(r, phase, start, vqa, d, out / "mllm" / name, vision_final(out),
                                        seed=seed + 2 + 2 * phase, lr=lr, steps=steps, think_weight=think_weight,
-                                       device=device),
+                                       device=device, vqa_ratio=r.understand3_vqa_ratio if phase == 3 else None),
                       **overrides.get(name, {})})
     return train_mllm(cfg)
 

@@ -110,7 +110,10 @@ def focus_thought(scene: W.Scene, question: str) -> str:
     * "is the blue circle small or large?" -> caption + " ; blue circle small"
     * "how many circles are there?" / "how many blue shapes are there?" -> caption + " ; blue circle , red circle"
       (the matching objects in slot order, or "none"); "how many shapes are there?" keeps the caption alone
-    * "is the A B left of the C D?" -> caption + " ; A B slot ; C D slot ; relations of A to C" (e.g. "above , left of")
+    * "is the A B left of the C D?" -> caption + " ; A B slot ; C D slot ; " + every relation of A to C in the fixed
+      order of ``RELATIONS`` with its verdict ("left of yes , right of no , above no , below yes"), then the asked
+      relation once more with its verdict (" ; left of yes"), so that, as in every other category, the answer is
+      the thought's last word
     Sign questions keep the caption alone."""
     cap = scene_caption(scene)
     objs = sorted(scene.objects, key=lambda o: o.slot)
@@ -144,8 +147,13 @@ def focus_thought(scene: W.Scene, question: str) -> str:
         return f"{cap} ; " + (" , ".join(f"{o.colour} {o.kind}" for o in hit) or "none")
     if m := _POSITION.match(q):
         a, b = find(m.group(1), m.group(2)), find(m.group(4), m.group(5))
-        rels = " , ".join(sorted(W.relative_position(a[0], b[0]))) if a and b else "none"
-        return f"{cap} ; {entry(m.group(1), m.group(2))} ; {entry(m.group(4), m.group(5))} ; {rels or 'none'}"
+        if a and b:
+            held = W.relative_position(a[0], b[0])
+            rels = " , ".join(f"{r} {'yes' if r in held else 'no'}" for r in W.RELATIONS)
+            rels += f" ; {m.group(3)} {'yes' if m.group(3) in held else 'no'}"
+        else:
+            rels = "none"
+        return f"{cap} ; {entry(m.group(1), m.group(2))} ; {entry(m.group(4), m.group(5))} ; {rels}"
     return cap
 
 
