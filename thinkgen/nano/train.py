@@ -147,19 +147,20 @@ RECIPES: dict[str, Recipe] = {
                     dit1_steps=2, dit2_steps=2, dit_batch=2, dit1_lr=1e-3, dit2_lr=1e-3, sample_steps=2, eval_n=2,
                     eval_seeds=1),
     # the shipped checkpoint's recipe. NOT timed end to end on the 2-core box: by its parts, data..dit3 ~81 min and
-    # focus_data + dit4 ~53 min (1 thread), i.e. about 2 h 15 min; the eye stages (~46 min, then understand3's 17,000
-    # steps ~100 min at 2.6-3 it/s on 1 thread) run next to the DiT stages with --jobs 2, so about 2 h 30 min in all.
-    # The shipped MLLM's phase 3 was five restarted runs (3,000 x 3 + 4,000 x 2 steps, a fresh 40,000-question draw
-    # each, focus_thought versions 1 -> 3; bench/results/nano_understanding.md); understand3 runs them as one phase.
+    # focus_data + dit4 ~53 min (1 thread), i.e. about 2 h 15 min; the eye stages (~46 min, then understand3's 21,000
+    # steps ~125 min at 2.6-3 it/s on 1 thread) run next to the DiT stages with --jobs 2, so about 2 h 50 min in all.
+    # The shipped MLLM's phase 3 was six restarted runs (3,000 x 3 + 4,000 x 3 steps, a fresh 40,000-question draw
+    # each, focus_thought v1, v2, v3, then the current v3b; bench/results/nano_understanding.md); understand3 runs
+    # them as one phase with the current focus_thought.
     "quick": Recipe("quick", n_sft=6000, n_dit=6000, vae_steps=800, vae_batch=16, mllm_steps=700, mllm_batch=16,
                     mllm_lr=2e-3, dit1_steps=100, dit2_steps=4000, dit_batch=16, dit1_lr=2e-3, dit2_lr=1e-3,
                     mllm2_steps=1600, vision_steps=1000, dit3_steps=2400, dit4_steps=4000, vision_pre_steps=3000,
-                    understand_steps=4000, understand2_steps=1500, understand3_steps=17000),
+                    understand_steps=4000, understand2_steps=1500, understand3_steps=21000),
     # bigger DiT and longer schedules, for a GPU or dedicated cores (NOT measured)
     "full": Recipe("full", n_sft=12000, n_dit=12000, vae_steps=1200, vae_batch=16, mllm_steps=1800, mllm_batch=16,
                    mllm_lr=2e-3, dit1_steps=200, dit2_steps=6000, dit_batch=16, dit1_lr=2e-3, dit2_lr=1e-3,
                    mllm2_steps=2000, vision_steps=1500, dit3_steps=3000, dit4_steps=4000, vision_pre_steps=3000,
-                   understand_steps=6000, understand2_steps=2000, understand3_steps=17000),
+                   understand_steps=6000, understand2_steps=2000, understand3_steps=21000),
 }
 
 
