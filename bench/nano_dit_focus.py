@@ -1,0 +1,89 @@
+"""One editing-weighted continuation of the nano DiT (the command that made the shipped DiT's last stage; results in
+bench/results/nano_eval.md). It continues a released-layout checkpoint's DiT on a fresh train-split set weighted to
+editing and text rendering (``EDIT_FOCUS_MIX``), 40 % of the pairs in the think-on feature format, with the text
+features of the checkpoint's own MLLM (the one the painter reads at inference). MLLM, VAE and scheduler are copied.
+
+    python bench/nano_dit_focus.py --start MODEL_DIR --out OUT --data-seed 4141 --steps 4000 --lr 3e-4
+
+Writes ``OUT/data`` (``--n-dit`` pairs + images), ``OUT/run`` (trainer checkpoints, ``final/``) and ``OUT/model``: the
+released layout with the EMA transformer, ready for ``thinkgen eval nano --model OUT/model``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+# family weights of the set (thinkgen.nano.train.FOCUS_MIX, the dit4 set, has editing 4.0 and reflection 0.5)
+EDIT_FOCUS_MIX = {"composition": 1.5, "reasoning": 0.75, "text": 3.0, "editing": 5.0, "reflection": 0.75}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--start", type=Path, required=True, help="released-layout model folder (model_index.json)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--data-seed", type=int, required=True)
+    ap.add_argument("--n-dit", type=int, default=20000)
+    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--think-fraction", type=float, default=0.4)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--mix", default="", help="family weights replacing EDIT_FOCUS_MIX's, e.g. editing=8,text=2")
+    args = ap.parse_args(argv)
+    mix = dict(EDIT_FOCUS_MIX)
+    for item in filter(None, args.mix.split(",")):
+        fam, _, w = item.partition("=")
+        try:
+            weight = float(w)
+        except ValueError:
+            weight = -1.0
+        if fam.strip() not in mix or not weight >= 0:
+            ap.error(f"--mix item {item!r}: expected FAMILY=WEIGHT with FAMILY in {sorted(mix)} and WEIGHT >= 0 "
+                     "(e.g. --mix editing=8,text=2)")
+        mix[fam.strip()] = weight
+    for name in ("n_dit", "steps", "threads"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")
+    if not args.lr > 0:
+        ap.error(f"--lr={args.lr} must be > 0 (e.g. --lr 3e-4)")
+    if not 0.0 <= args.think_fraction <= 1.0:
+        ap.error(f"--think-fraction={args.think_fraction} must be in [0, 1] (e.g. 0.4)")
+    if not (args.start / "model_index.json").is_file():
+        ap.error(f"--start {args.start} has no model_index.json: pass a released-layout folder (e.g. thinkgen/assets/nano)")
+    if (args.out / "model").exists():
+        ap.error(f"{args.out / 'model'} exists: pick a new --out (results are never overwritten)")
+
+    from thinkgen.nano.data import write_datasets
+    from thinkgen.train.config import stage2
+    from thinkgen.train.dit_trainer import train_dit
+
+    torch.set_num_threads(args.threads)
+    data = args.out / "data"
+    if not (data / "dit.jsonl").is_file():
+        write_datasets(data, 200, args.n_dit, seed=args.data_seed, dit_mix=mix,
+                       think_fraction=args.think_fraction)
+    cfg = stage2(model_dir=str(args.start), data=[str(data / "dit.jsonl")], output_dir=str(args.out / "run"),
+                 seed=args.data_seed, lr=args.lr, warmup_steps=50, lr_schedule="cosine", min_lr_ratio=0.05,
+                 max_steps=args.steps, ema_decay=0.998, batch_size=16, weight_decay=0.0, max_output_pixels=64 * 64,
+                 max_input_pixels=[64 * 64], prompt_dropout_prob=0.1, ref_dropout_prob=0.5,
+                 feature_cache_dir=str(args.out / "cache" / "features"),
+                 latent_cache_dir=str(args.out / "cache" / "latents"), max_text_tokens=128, device="cpu",
+                 log_every=25, save_every=500, keep_last=2, shuffle_buffer=2000, export_full_model=True)
+    final = train_dit(cfg)
+    # released layout: the start's folders with the EMA transformer in place of transformer/
+    tmp = args.out / f".model.tmp-{os.getpid()}"
+    shutil.copytree(args.start, tmp)
+    shutil.rmtree(tmp / "transformer")
+    shutil.copytree(final / ("transformer_ema" if (final / "transformer_ema").is_dir() else "transformer"),
+                    tmp / "transformer")
+    os.replace(tmp, args.out / "model")
+    print(f"wrote {args.out / 'model'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
