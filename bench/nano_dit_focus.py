@@ -5,8 +5,10 @@ features of the checkpoint's own MLLM (the one the painter reads at inference). 
 
     python bench/nano_dit_focus.py --start MODEL_DIR --out OUT --data-seed 4141 --steps 4000 --lr 3e-4
 
-Writes ``OUT/data`` (``--n-dit`` pairs + images), ``OUT/run`` (trainer checkpoints, ``final/``) and ``OUT/model``: the
-released layout with the EMA transformer, ready for ``thinkgen eval nano --model OUT/model``.
+Writes ``OUT/run`` (``data/``: ``--n-dit`` pairs + images; trainer checkpoints, ``final/``) and ``OUT/model``: the
+released layout with the EMA transformer, ready for ``thinkgen eval nano --model OUT/model``. The recipe stage
+``align`` of ``thinkgen train nano`` runs the same continuation (``thinkgen.nano.train.dit_align``) once, after the
+eye stages, on the recipe's final MLLM.
 """
 from __future__ import annotations
 
@@ -18,8 +20,7 @@ from pathlib import Path
 
 import torch
 
-# family weights of the set (thinkgen.nano.train.FOCUS_MIX, the dit4 set, has editing 4.0 and reflection 0.5)
-EDIT_FOCUS_MIX = {"composition": 1.5, "reasoning": 0.75, "text": 3.0, "editing": 5.0, "reflection": 0.75}
+from thinkgen.nano.train import ALIGN_MIX as EDIT_FOCUS_MIX   # family weights of the set (the recipe's ``align``)
 
 
 def main(argv=None) -> int:
@@ -57,23 +58,11 @@ def main(argv=None) -> int:
     if (args.out / "model").exists():
         ap.error(f"{args.out / 'model'} exists: pick a new --out (results are never overwritten)")
 
-    from thinkgen.nano.data import write_datasets
-    from thinkgen.train.config import stage2
-    from thinkgen.train.dit_trainer import train_dit
+    from thinkgen.nano.train import dit_align
 
     torch.set_num_threads(args.threads)
-    data = args.out / "data"
-    if not (data / "dit.jsonl").is_file():
-        write_datasets(data, 200, args.n_dit, seed=args.data_seed, dit_mix=mix,
-                       think_fraction=args.think_fraction)
-    cfg = stage2(model_dir=str(args.start), data=[str(data / "dit.jsonl")], output_dir=str(args.out / "run"),
-                 seed=args.data_seed, lr=args.lr, warmup_steps=50, lr_schedule="cosine", min_lr_ratio=0.05,
-                 max_steps=args.steps, ema_decay=0.998, batch_size=16, weight_decay=0.0, max_output_pixels=64 * 64,
-                 max_input_pixels=[64 * 64], prompt_dropout_prob=0.1, ref_dropout_prob=0.5,
-                 feature_cache_dir=str(args.out / "cache" / "features"),
-                 latent_cache_dir=str(args.out / "cache" / "latents"), max_text_tokens=128, device="cpu",
-                 log_every=25, save_every=500, keep_last=2, shuffle_buffer=2000, export_full_model=True)
-    final = train_dit(cfg)
+    final = dit_align(args.start, args.out / "run", data_seed=args.data_seed, steps=args.steps, lr=args.lr,
+                      n_dit=args.n_dit, batch_size=16, mix=mix, think_fraction=args.think_fraction, device="cpu")
     # released layout: the start's folders with the EMA transformer in place of transformer/
     tmp = args.out / f".model.tmp-{os.getpid()}"
     shutil.copytree(args.start, tmp)

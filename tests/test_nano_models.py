@@ -109,9 +109,14 @@ def test_train_nano_smoke_every_stage_then_eval(tmp_path):
     out = tmp_path / "run"
     assert main(["--out", str(out), "--preset", "smoke", "--jobs", "1"]) == 0
     for st in ("data", "vae", "mllm", "vision_pre", "und_data", "understand", "understand2", "understand3", "dit1",
-               "dit2", "focus_data", "dit4", "final", "eval"):
+               "dit2", "focus_data", "dit4", "align", "final", "eval"):
         assert (out / f"{st}.done").is_file(), st
     final = out / "final"
+    # the painter is last continued on the final MLLM's own features (align) and that DiT ships
+    assert (out / "align_base" / "mllm" / "model.safetensors").read_bytes() == \
+        (final / "mllm" / "model.safetensors").read_bytes()
+    assert (final / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes() == \
+        (out / "align" / "final" / "transformer_ema" / "diffusion_pytorch_model.safetensors").read_bytes()
     # the shipped MLLM is the last eye phase's (focus thoughts), trained from phase 2's
     assert (out / "data_und" / "focus" / "vqa.jsonl").is_file()
     assert (final / "mllm" / "model.safetensors").read_bytes() == \
@@ -186,6 +191,7 @@ def test_shipped_checkpoint_loads_and_generates():
     (["train", "--set", "bogus=1"], "bogus"),
     (["train", "--set", "dit4_steps=-5"], "dit4_steps=-5"),
     (["train", "--set", "und3_n_qa=0"], "und3_n_qa=0"),
+    (["train", "--set", "align_n_dit=0"], "align_n_dit=0"),
     (["train", "--set", "understand3_vqa_ratio=0.95"], "understand3_vqa_ratio=0.95"),
     (["eval", "--n-composition", "-3"], "--n-composition=-3"),
     (["eval", "--seeds", "0"], "--seeds=0"),

@@ -50,7 +50,7 @@ from pathlib import Path
 import torch
 
 STAGES = ("data", "vae", "mllm", "mllm2", "vision", "vision_pre", "und_data", "understand", "understand2",
-          "understand3", "dit1", "dit2", "dit3", "focus_data", "dit4", "final", "eval")
+          "understand3", "dit1", "dit2", "dit3", "focus_data", "dit4", "align", "final", "eval")
 # ``dit4`` ("focus"): a continuation on a second DiT set weighted to text rendering and editing, a share of it in the
 # think-on feature format (``condition: think`` records), so the painter also learns the features it sees with think
 # on. Family weights of that set:
@@ -58,6 +58,10 @@ STAGES = ("data", "vae", "mllm", "mllm2", "vision", "vision_pre", "und_data", "u
 EYE_STAGES = ("vision_pre", "und_data", "understand", "understand2", "understand3")
 DIT_STAGES = ("dit1", "dit2", "dit3", "focus_data", "dit4")
 FOCUS_MIX = {"composition": 1.5, "reasoning": 0.75, "text": 3.0, "editing": 4.0, "reflection": 0.5}
+# ``align``: the DiT stages read the vision-stage MLLM's text features (they run next to the eye stages), the shipped
+# MLLM is the last eye phase's. ``align`` continues the DiT on the features of that final MLLM, on a fresh set weighted
+# to editing and text rendering (the continuation that lifted held-out editing 0.32 -> 0.63, bench/results/nano_eval.md):
+ALIGN_MIX = {"composition": 1.5, "reasoning": 0.75, "text": 3.0, "editing": 5.0, "reflection": 0.75}
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,9 @@ class Recipe:
     understand3_lr: float = 5e-4
     understand3_think_weight: float = 0.5
     understand3_vqa_ratio: float = 0.7   # share of the batch for the focus VQA (captions 0.1, generation the rest)
+    align_steps: int = 0         # DiT continuation on the final MLLM's features (ALIGN_MIX), after the eye stages
+    align_lr: float = 3e-4
+    align_n_dit: int = 40000
     sample_steps: int = 20
     eval_n: int = 8
     eval_seeds: int = 2
@@ -131,6 +138,9 @@ class Recipe:
             raise ValueError(f"recipe understand3_vqa_ratio={self.understand3_vqa_ratio!r} must be in (0, 0.9): "
                              "captions take 0.1 of the batch, generation records the rest (e.g. --set "
                              "understand3_vqa_ratio=0.7)")
+        if self.align_steps > 0 and self.align_n_dit < 1:
+            raise ValueError(f"recipe align_n_dit={self.align_n_dit!r} must be >= 1 when align_steps > 0 "
+                             "(e.g. --set align_n_dit=40000)")
         if self.dit4_steps > 0 and self.focus_n_dit < 1:
             raise ValueError(f"recipe focus_n_dit={self.focus_n_dit!r} must be >= 1 when dit4_steps > 0")
         if not 0.0 <= self.focus_think_fraction <= 1.0:
@@ -142,25 +152,29 @@ RECIPES: dict[str, Recipe] = {
     "smoke": Recipe("smoke", n_sft=24, n_dit=24, vae_steps=2, vae_batch=2, mllm_steps=2, mllm_batch=2, mllm_lr=1e-3,
                     mllm2_steps=2, vision_steps=2, vision_pre_steps=2, und_n_qa=8, und_n_captions=8,
                     understand_steps=2, understand2_steps=2, understand3_steps=2, und3_n_qa=8, understand_side=64,
-                    dit3_steps=2, dit4_steps=2,
+                    dit3_steps=2, dit4_steps=2, align_steps=2, align_n_dit=24,
                     focus_n_dit=24,
                     dit1_steps=2, dit2_steps=2, dit_batch=2, dit1_lr=1e-3, dit2_lr=1e-3, sample_steps=2, eval_n=2,
                     eval_seeds=1),
     # the shipped checkpoint's recipe. NOT timed end to end on the 2-core box: by its parts, data..dit3 ~81 min and
     # focus_data + dit4 ~53 min (1 thread), i.e. about 2 h 15 min; the eye stages (~46 min, then understand3's 21,000
-    # steps ~125 min at 2.6-3 it/s on 1 thread) run next to the DiT stages with --jobs 2, so about 2 h 50 min in all.
+    # steps ~125 min at 2.6-3 it/s on 1 thread) run next to the DiT stages with --jobs 2, so about 2 h 50 min in all,
+    # then ``align`` (7,000 steps, ~1 h 40 min on 1 thread at ~1.2 it/s; it needs the final MLLM so it runs after the
+    # eye stages): about 4 h 30 min. The shipped DiT was made as stage 3 -> DiT-GRPO -> two align-style continuations
+    # (bench/nano_dit_focus.py, 4,000 + 3,000 steps on 20,000 fresh pairs each); the recipe runs one 7,000-step
+    # ``align`` on 40,000 pairs instead, not run at full size. ``--set align_steps=0`` gives the stage-3 checkpoint.
     # The shipped MLLM's phase 3 was six restarted runs (3,000 x 3 + 4,000 x 3 steps, a fresh 40,000-question draw
     # each, focus_thought v1, v2, v3, then the current v3b; bench/results/nano_understanding.md); understand3 runs
     # them as one phase with the current focus_thought.
     "quick": Recipe("quick", n_sft=6000, n_dit=6000, vae_steps=800, vae_batch=16, mllm_steps=700, mllm_batch=16,
                     mllm_lr=2e-3, dit1_steps=100, dit2_steps=4000, dit_batch=16, dit1_lr=2e-3, dit2_lr=1e-3,
                     mllm2_steps=1600, vision_steps=1000, dit3_steps=2400, dit4_steps=4000, vision_pre_steps=3000,
-                    understand_steps=4000, understand2_steps=1500, understand3_steps=21000),
+                    understand_steps=4000, understand2_steps=1500, understand3_steps=21000, align_steps=7000),
     # bigger DiT and longer schedules, for a GPU or dedicated cores (NOT measured)
     "full": Recipe("full", n_sft=12000, n_dit=12000, vae_steps=1200, vae_batch=16, mllm_steps=1800, mllm_batch=16,
                    mllm_lr=2e-3, dit1_steps=200, dit2_steps=6000, dit_batch=16, dit1_lr=2e-3, dit2_lr=1e-3,
                    mllm2_steps=2000, vision_steps=1500, dit3_steps=3000, dit4_steps=4000, vision_pre_steps=3000,
-                   understand_steps=6000, understand2_steps=2000, understand3_steps=21000),
+                   understand_steps=6000, understand2_steps=2000, understand3_steps=21000, align_steps=7000),
 }
 
 
@@ -493,13 +507,52 @@ def stage_dit(out: Path, r: Recipe, seed: int, device: str, which: str, override
     return train_dit(cfg)
 
 
+def dit_align(start: Path, run_dir: Path, *, data_seed: int, steps: int, lr: float, n_dit: int,
+              batch_size: int = 16, mix: dict[str, float] | None = None, think_fraction: float = 0.4,
+              device: str = "cpu", overrides: dict | None = None) -> Path:
+    """Continue the DiT of the released-layout ``start`` with the text features of ``start``'s own MLLM, on ``n_dit``
+    fresh train-split pairs (``mix``, default ``ALIGN_MIX``; ``think_fraction`` in the think-on format). Writes
+    ``run_dir/data`` and the trainer's ``run_dir/{checkpoints,final}``; returns ``run_dir/final`` (EMA transformer in
+    ``transformer_ema/``)."""
+    from thinkgen.nano.data import write_datasets
+    from thinkgen.train.config import stage2
+    from thinkgen.train.dit_trainer import train_dit
+
+    data = run_dir / "data"
+    if not (data / "dit.jsonl").is_file():
+        write_datasets(data, 200, n_dit, seed=data_seed, dit_mix=mix or ALIGN_MIX, think_fraction=think_fraction)
+    cfg = stage2(**{**dict(
+        model_dir=str(start), data=[str(data / "dit.jsonl")], output_dir=str(run_dir), seed=data_seed, lr=lr,
+        warmup_steps=max(1, min(50, steps // 10)), lr_schedule="cosine", min_lr_ratio=0.05, max_steps=steps,
+        ema_decay=0.998, batch_size=batch_size, weight_decay=0.0, max_output_pixels=64 * 64,
+        max_input_pixels=[64 * 64], prompt_dropout_prob=0.1, ref_dropout_prob=0.5,
+        feature_cache_dir=str(run_dir / "cache" / "features"), latent_cache_dir=str(run_dir / "cache" / "latents"),
+        max_text_tokens=128, device=device, log_every=25, save_every=500, keep_last=2, shuffle_buffer=2000,
+        export_full_model=True), **(overrides or {})})
+    return train_dit(cfg)
+
+
+def stage_align(out: Path, r: Recipe, seed: int, device: str, overrides: dict) -> Path | None:
+    """``align``: the newest DiT stage's result with the final (eye-stage) MLLM, continued on that MLLM's features."""
+    if r.align_steps <= 0:
+        return None
+    base = out / "align_base"
+    if not (base / "model_index.json").is_file():
+        prev = next(s_ for s_, n_ in (("dit4", r.dit4_steps), ("dit3", r.dit3_steps), ("dit2", 1))
+                    if n_ > 0 and (out / s_).is_dir())
+        tmp = stage_final(out, r, dest=out / ".align_base.tmp", source=prev, final_mllm=True)
+        os.replace(tmp, base)
+    return dit_align(base, out / "align", data_seed=seed + 21, steps=r.align_steps, lr=r.align_lr,
+                     n_dit=r.align_n_dit, batch_size=r.dit_batch, device=device, overrides=overrides.get("align"))
+
+
 def newest_checkpoint(run: Path) -> Path | None:
     ck = sorted(p for p in (run / "checkpoints").glob("step-*") if (p / "manifest.json").is_file())
     return ck[-1] if ck else None
 
 
 def stage_final(out: Path, r: Recipe, from_checkpoint: bool = False, dest: Path | None = None,
-                source: str | None = None) -> Path:
+                source: str | None = None, final_mllm: bool | None = None) -> Path:
     """Released layout in ``OUT/final`` from the stage-2 export (EMA weights when present). ``from_checkpoint``:
     use the newest complete stage-2 checkpoint instead (a run stopped before its last step; EMA when saved)."""
     from safetensors.torch import load_file
@@ -520,7 +573,9 @@ def stage_final(out: Path, r: Recipe, from_checkpoint: bool = False, dest: Path 
         base = ThinkGenPipeline(vm, base.transformer, base.vae, base.scheduler)
     und = understand_final(out)
     und_mllm = None
-    if und is not None and dest is None:       # the shipped MLLM; DiT-stage bases keep the vision-stage one
+    if final_mllm is None:
+        final_mllm = dest is None
+    if und is not None and final_mllm:       # the shipped MLLM; DiT-stage bases keep the vision-stage one
         from thinkgen.mllm import ThinkGenMLLM
         from thinkgen.nano.prompts import generate
 
@@ -530,8 +585,8 @@ def stage_final(out: Path, r: Recipe, from_checkpoint: bool = False, dest: Path 
         _log(f"final: understanding MLLM; no-think DiT feature drift vs the vision-stage MLLM "
              f"{feature_drift(base.mllm, und_mllm, prompts):.4f} (relative L2, 48 held-out prompts)")
     if source is None:
-        source = next(s_ for s_, n_ in (("dit4", r.dit4_steps), ("dit3", r.dit3_steps), ("dit2", 1))
-                      if n_ > 0 and (out / s_).is_dir())
+        source = next(s_ for s_, n_ in (("align", r.align_steps), ("dit4", r.dit4_steps), ("dit3", r.dit3_steps),
+                                        ("dit2", 1)) if n_ > 0 and (out / s_).is_dir())
     src = out / source / "final"
     if from_checkpoint or not (src / "transformer").is_dir():
         ck = newest_checkpoint(out / source)
@@ -683,6 +738,7 @@ def main(argv=None) -> int:
         if rc != 0:
             raise SystemExit(f"the eye stages failed (exit {rc}); see {out / 'eyes.log'}")
         torch.set_num_threads(a.threads or os.cpu_count() or 1)
+    run("align", lambda: stage_align(out, r, a.seed, a.device, tset))
     run("final", lambda: stage_final(out, r, a.final_from_checkpoint))
     if "final" in want and (out / "final").is_dir():
         _log(f"final checkpoint {out / 'final'}: {checkpoint_mb(out / 'final'):.1f} MB")
