@@ -1,6 +1,6 @@
 """One editing-weighted continuation of the nano DiT (the command that made the shipped DiT's last stage; results in
 bench/results/nano_eval.md). It continues a released-layout checkpoint's DiT on a fresh train-split set weighted to
-editing and text rendering (``EDIT_FOCUS_MIX``), 40 % of the pairs in the think-on feature format, with the text
+editing and text rendering (``thinkgen.nano.train.ALIGN_MIX``), 40 % of the pairs in the think-on feature format, with the text
 features of the checkpoint's own MLLM (the one the painter reads at inference). MLLM, VAE and scheduler are copied.
 
     python bench/nano_dit_focus.py --start MODEL_DIR --out OUT --data-seed 4141 --steps 4000 --lr 3e-4
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from thinkgen.nano.train import ALIGN_MIX as EDIT_FOCUS_MIX   # family weights of the set (the recipe's ``align``)
+from thinkgen.nano.train import ALIGN_MIX   # family weights of the set (the recipe's ``align``)
 
 
 def main(argv=None) -> int:
@@ -33,9 +33,9 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--think-fraction", type=float, default=0.4)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--mix", default="", help="family weights replacing EDIT_FOCUS_MIX's, e.g. editing=8,text=2")
+    ap.add_argument("--mix", default="", help="family weights replacing ALIGN_MIX's, e.g. editing=8,text=2")
     args = ap.parse_args(argv)
-    mix = dict(EDIT_FOCUS_MIX)
+    mix = dict(ALIGN_MIX)
     for item in filter(None, args.mix.split(",")):
         fam, _, w = item.partition("=")
         try:
@@ -46,6 +46,8 @@ def main(argv=None) -> int:
             ap.error(f"--mix item {item!r}: expected FAMILY=WEIGHT with FAMILY in {sorted(mix)} and WEIGHT >= 0 "
                      "(e.g. --mix editing=8,text=2)")
         mix[fam.strip()] = weight
+    if not sum(mix.values()) > 0:
+        ap.error(f"--mix {args.mix!r} leaves every family weight at 0: give at least one family a weight > 0")
     for name in ("n_dit", "steps", "threads"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")

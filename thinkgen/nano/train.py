@@ -538,12 +538,17 @@ def stage_align(out: Path, r: Recipe, seed: int, device: str, overrides: dict) -
         return None
     base = out / "align_base"
     if not (base / "model_index.json").is_file():
-        prev = next(s_ for s_, n_ in (("dit4", r.dit4_steps), ("dit3", r.dit3_steps), ("dit2", 1))
-                    if n_ > 0 and (out / s_).is_dir())
-        tmp = stage_final(out, r, dest=out / ".align_base.tmp", source=prev, final_mllm=True)
+        tmp = stage_final(out, r, dest=out / ".align_base.tmp", source=newest_dit_stage(out, r, with_align=False),
+                          final_mllm=True)
         os.replace(tmp, base)
     return dit_align(base, out / "align", data_seed=seed + 21, steps=r.align_steps, lr=r.align_lr,
                      n_dit=r.align_n_dit, batch_size=r.dit_batch, device=device, overrides=overrides.get("align"))
+
+
+def newest_dit_stage(out: Path, r: Recipe, with_align: bool = True) -> str:
+    """The last DiT stage that the recipe runs and that has a folder in ``out`` (align, dit4, dit3, else dit2)."""
+    order = (("align", r.align_steps),) * with_align + (("dit4", r.dit4_steps), ("dit3", r.dit3_steps), ("dit2", 1))
+    return next(s_ for s_, n_ in order if n_ > 0 and (out / s_).is_dir())
 
 
 def newest_checkpoint(run: Path) -> Path | None:
@@ -585,8 +590,7 @@ def stage_final(out: Path, r: Recipe, from_checkpoint: bool = False, dest: Path 
         _log(f"final: understanding MLLM; no-think DiT feature drift vs the vision-stage MLLM "
              f"{feature_drift(base.mllm, und_mllm, prompts):.4f} (relative L2, 48 held-out prompts)")
     if source is None:
-        source = next(s_ for s_, n_ in (("align", r.align_steps), ("dit4", r.dit4_steps), ("dit3", r.dit3_steps),
-                                        ("dit2", 1)) if n_ > 0 and (out / s_).is_dir())
+        source = newest_dit_stage(out, r)
     src = out / source / "final"
     if from_checkpoint or not (src / "transformer").is_dir():
         ck = newest_checkpoint(out / source)
