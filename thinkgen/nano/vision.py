@@ -255,7 +255,8 @@ def pretrain_vision(mllm, steps: int, lr: float = 2e-3, batch_size: int = 32, se
 
 # ------------------------------------------------------------------------------------------------ data
 def write_understanding_data(folder: str | Path, n_qa: int, n_captions: int, seed: int = 0,
-                             sft_jsonl: str | Path | None = None, focus: bool = False) -> dict[str, Path]:
+                             sft_jsonl: str | Path | None = None, focus: bool = False,
+                             categories: tuple[str, ...] | None = None) -> dict[str, Path]:
     """Data of the understanding SFT stage, with images, in ``folder``:
 
     * ``vqa.jsonl``: train-split understanding questions; each answer follows a think trace that describes the
@@ -264,7 +265,10 @@ def write_understanding_data(folder: str | Path, n_qa: int, n_captions: int, see
       the trace ends with the question's key restated (``focus_thought``);
     * ``captions.jsonl``: random scenes with the question ``CAPTION_QUESTION`` answered by ``scene_caption``;
     * ``sft_gen.jsonl`` (when ``sft_jsonl`` is given): its generation records only (absolute image paths), so the
-      old answer-only understanding records do not teach the model to skip the look."""
+      old answer-only understanding records do not teach the model to skip the look.
+
+    ``categories`` (default: every understanding category once) is the round-robin order of the questions: a category
+    named twice gets twice the share (``("count", "count", "exists", ...)``)."""
     from thinkgen.nano.data import _ImageStore, _write_jsonl, sft_record
     from thinkgen.nano.prompts import generate
 
@@ -272,7 +276,7 @@ def write_understanding_data(folder: str | Path, n_qa: int, n_captions: int, see
     folder.mkdir(parents=True, exist_ok=True)
     store = _ImageStore(folder)
     vqa = []
-    for s in generate("understanding", n_qa, seed=seed, split="train"):
+    for s in generate("understanding", n_qa, seed=seed, split="train", categories=categories):
         rec = sft_record(s, store)
         rec["think"] = focus_thought(s.input_scene, s.question) if focus else scene_caption(s.input_scene)
         vqa.append(rec)
