@@ -89,6 +89,13 @@ def test_understanding_data_focus_thoughts(tmp_path):
     assert any(" ; " in r["think"] for r in vqa)
 
 
+def test_understanding_data_category_order_weights_the_share(tmp_path):
+    paths = write_understanding_data(tmp_path / "und", 30, 0, seed=3, focus=True,
+                                     categories=("count", "count", "exists"))
+    cats = [json.loads(x)["category"] for x in paths["vqa"].read_text().splitlines()]
+    assert cats.count("count") == 20 and cats.count("exists") == 10
+
+
 def test_understanding_data_thinks_in_captions(tmp_path):
     from thinkgen.nano.data import write_datasets
 

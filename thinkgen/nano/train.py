@@ -1,7 +1,7 @@
 """Train ThinkGen-Nano from scratch: data -> VAE || MLLM SFT -> vision tower -> DiT stage 1 -> DiT stage 2 -> focus
 continuation -> final.
 
-    thinkgen train nano --out runs/nano [--preset smoke|quick|full] [--device cpu|cuda] [--jobs 2]
+    thinkgen train nano --out runs/nano [--preset smoke|cpu2h|quick|full] [--device cpu|cuda] [--jobs 2]
                         [--set KEY=VALUE ...] [--skip-eval] [--stages a,b,...] [--final-from-checkpoint]
 
 Every stage writes into ``OUT/<stage>/`` and a ``OUT/<stage>.done`` marker; a rerun skips finished stages (and the
@@ -174,8 +174,7 @@ RECIPES: dict[str, Recipe] = {
     # the from-scratch budget of issue 4: everything (data, VAE, MLLM SFT, eyes, DiT stages 1-2, align) in at most
     # 2 h on a 2-core CPU with the default --jobs 2. Stage 2 runs next to the eye stages (one thread each), align
     # replaces dit3 / dit4 (it continues stage 2 on the final MLLM's features), fewer eye steps than ``quick``.
-    # Planned by the parts' measured rates (MLLM SFT ~2.5-3.5 it/s, DiT ~1.15 it/s on 1 thread); the measured run
-    # is in bench/results/nano_cpu2h.md.
+    # Measured end to end: 1 h 43 min on this 2-core box (2026-11-27, bench/results/nano_cpu2h.md, quality there).
     "cpu2h": Recipe("quick", n_sft=6000, n_dit=6000, vae_steps=800, vae_batch=16, mllm_steps=700, mllm_batch=16,
                     mllm_lr=2e-3, dit1_steps=100, dit2_steps=4000, dit_batch=16, dit1_lr=2e-3, dit2_lr=1e-3,
                     mllm2_steps=1000, vision_steps=800, dit3_steps=0, dit4_steps=0, vision_pre_steps=2000,
@@ -655,7 +654,8 @@ def _parse_sets(items: list[str]) -> tuple[dict, dict]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="thinkgen train nano", description="Train ThinkGen-Nano from scratch.")
     p.add_argument("--out", required=True, type=Path, help="run folder (resumable: finished stages are skipped)")
-    p.add_argument("--preset", default="quick", choices=sorted(RECIPES), help="smoke (seconds), cpu2h (<= 2 h on 2 CPU cores), quick, full")
+    p.add_argument("--preset", default="quick", choices=sorted(RECIPES),
+                   help="smoke (seconds), cpu2h (from scratch in under 2 h on 2 CPU cores), quick, full")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=2, help="2: train the VAE in a subprocess next to the MLLM SFT")
