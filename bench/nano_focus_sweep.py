@@ -40,6 +40,19 @@ def parse_variant(text: str) -> dict:
     bad = sorted(set(v) - KEYS)
     if bad or "name" not in v:
         raise ValueError(f"--variant {text!r}: keys {bad} unknown or name missing; keys: {sorted(KEYS)}")
+    for k, kind in (("lr", float), ("think_weight", float), ("vqa_ratio", float), ("data_seed", int),
+                    ("n_qa", int), ("seed", int)):
+        try:
+            if k in v:
+                kind(v[k])
+        except ValueError:
+            raise ValueError(f"--variant {text!r}: {k}={v[k]!r} is not a {kind.__name__}") from None
+    from thinkgen.nano.prompts import CATEGORIES
+
+    unknown = sorted({c for c in v.get("categories", "").split("+") if c} - set(CATEGORIES["understanding"]))
+    if unknown:
+        raise ValueError(f"--variant {text!r}: categories {unknown} unknown; expected some of "
+                         f"{CATEGORIES['understanding']} joined by +")
     return v
 
 
