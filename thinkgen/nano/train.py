@@ -170,7 +170,6 @@ RECIPES: dict[str, Recipe] = {
                     mllm_lr=2e-3, dit1_steps=100, dit2_steps=4000, dit_batch=16, dit1_lr=2e-3, dit2_lr=1e-3,
                     mllm2_steps=1600, vision_steps=1000, dit3_steps=2400, dit4_steps=4000, vision_pre_steps=3000,
                     understand_steps=4000, understand2_steps=1500, understand3_steps=21000, align_steps=7000),
-    # bigger DiT and longer schedules, for a GPU or dedicated cores (NOT measured)
     # the from-scratch budget of issue 4: everything (data, VAE, MLLM SFT, eyes, DiT stages 1-2, align) in at most
     # 2 h on a 2-core CPU with the default --jobs 2. Stage 2 runs next to the eye stages (one thread each), align
     # replaces dit3 / dit4 (it continues stage 2 on the final MLLM's features), fewer eye steps than ``quick``.
@@ -180,6 +179,7 @@ RECIPES: dict[str, Recipe] = {
                     mllm2_steps=1000, vision_steps=800, dit3_steps=0, dit4_steps=0, vision_pre_steps=2000,
                     understand_steps=3000, understand2_steps=1000, understand3_steps=4500, und3_n_qa=40000,
                     align_steps=3000, align_n_dit=20000),
+    # bigger DiT and longer schedules, for a GPU or dedicated cores (NOT measured)
     "full": Recipe("full", n_sft=12000, n_dit=12000, vae_steps=1200, vae_batch=16, mllm_steps=1800, mllm_batch=16,
                    mllm_lr=2e-3, dit1_steps=200, dit2_steps=6000, dit_batch=16, dit1_lr=2e-3, dit2_lr=1e-3,
                    mllm2_steps=2000, vision_steps=1500, dit3_steps=3000, dit4_steps=4000, vision_pre_steps=3000,
