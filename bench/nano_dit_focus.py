@@ -5,6 +5,9 @@ features of the checkpoint's own MLLM (the one the painter reads at inference). 
 
     python bench/nano_dit_focus.py --start MODEL_DIR --out OUT --data-seed 4141 --steps 4000 --lr 3e-4
 
+``--start-ema`` starts from a DiT trainer's ``final/`` folder's EMA weights (``transformer_ema/``), e.g. the stage-3
+checkpoint of ``bench/results/sepgrpo_nano_proof2.md`` from ``runs/nano2h/dit2/final``.
+
 Writes ``OUT/run`` (``data/``: ``--n-dit`` pairs + images; trainer checkpoints, ``final/``) and ``OUT/model``: the
 released layout with the EMA transformer, ready for ``thinkgen eval nano --model OUT/model``. The recipe stage
 ``align`` of ``thinkgen train nano`` runs the same continuation (``thinkgen.nano.train.dit_align``) once, after the
@@ -34,6 +37,8 @@ def main(argv=None) -> int:
     ap.add_argument("--think-fraction", type=float, default=0.4)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--mix", default="", help="family weights replacing ALIGN_MIX's, e.g. editing=8,text=2")
+    ap.add_argument("--start-ema", action="store_true",
+                    help="start from --start's transformer_ema/ (a trainer's final/ folder) instead of transformer/")
     args = ap.parse_args(argv)
     mix = dict(ALIGN_MIX)
     for item in filter(None, args.mix.split(",")):
@@ -59,6 +64,18 @@ def main(argv=None) -> int:
         ap.error(f"--start {args.start} has no model_index.json: pass a released-layout folder (e.g. thinkgen/assets/nano)")
     if (args.out / "model").exists():
         ap.error(f"{args.out / 'model'} exists: pick a new --out (results are never overwritten)")
+    if args.start_ema and not (args.start / "transformer_ema").is_dir():
+        ap.error(f"--start-ema: {args.start} has no transformer_ema/ (pass a DiT trainer's final/ folder, e.g. "
+                 "runs/nano2h/dit2/final, or drop --start-ema)")
+    if args.start_ema:     # the released layout with the EMA weights as transformer/, written once under OUT
+        start = args.out / "start"
+        if not (start / "model_index.json").is_file():
+            tmp = args.out / f".start.tmp-{os.getpid()}"
+            shutil.copytree(args.start, tmp, ignore=shutil.ignore_patterns("transformer", "transformer_ema"))
+            shutil.copytree(args.start / "transformer_ema", tmp / "transformer")
+            (tmp / "manifest.json").unlink(missing_ok=True)   # it listed the folders this copy leaves out
+            os.replace(tmp, start)
+        args.start = start
 
     from thinkgen.nano.train import dit_align
 

@@ -426,6 +426,20 @@ def test_nano_prompt_source_scores_its_own_targets():
         nano_prompt_items(["understanding"], "train", 1, seed=0)
 
 
+def test_nano_answer_reward_scores_the_text_answer_not_the_image():
+    from PIL import Image
+
+    from thinkgen.nano.prompts import generate
+    from thinkgen.rl.rewards import build_reward
+
+    s = generate("reasoning", 1, seed=0, split="heldout")[0]
+    blank = Image.new("RGB", (64, 64))                   # the image is never looked at
+    meta = [{"sample": s, "instruction": s.instruction}, {"sample": s, "instruction": "a red circle above"},
+            {"sample": s}, {"instruction": s.instruction}]
+    out = build_reward("nano_answer")([blank] * 4, [s.prompt] * 4, meta)
+    assert out[:2].tolist() == [1.0, 0.0] and torch.isnan(out[2:]).all()
+
+
 # ----------------------------------------------------------------------------------------------- shipped configs
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -434,6 +448,12 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def test_shipped_configs_validate(name):
     cfg = load_config(CONFIGS / name)
     assert cfg.schedule == ["mllm", "dit"]
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("sepgrpo_*.yaml")), ids=lambda p: p.name)
+def test_every_committed_sepgrpo_config_validates(path):
+    cfg = load_config(path)               # the benchmark configs behind bench/results/*.md stay loadable
+    assert cfg.schedule and set(cfg.schedule) <= {"mllm", "dit"}
 
 
 def test_nano_source_end_to_end(tiny_ckpt, tmp_path):

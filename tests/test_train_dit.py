@@ -305,3 +305,19 @@ def test_explicit_resume_from_a_torn_checkpoint_is_an_error(assets, tmp_path):
     torn.mkdir()
     with pytest.raises(CheckpointError, match="incomplete"):
         train_dit(cfg_for(assets, tmp_path / "run", resume=str(torn)))
+
+
+def test_dit_focus_bench_refuses_start_ema_without_ema_weights(tmp_path, capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "nano_dit_focus.py"
+    spec = importlib.util.spec_from_file_location("nano_dit_focus", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    start = tmp_path / "start"
+    (start / "transformer").mkdir(parents=True)
+    (start / "model_index.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        mod.main(["--start", str(start), "--start-ema", "--out", str(tmp_path / "out"), "--data-seed", "1"])
+    assert "has no transformer_ema/" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()           # nothing written

@@ -37,7 +37,7 @@ __all__ = [
     "PromptItem", "TextRollout", "ImageRollout", "derive_seed",
     "load_jsonl_prompts", "nano_prompt_items", "nano_scenario", "PromptMixture",
     "latent_shape", "initial_noise", "reference_latents", "negative_conditions", "decode_images", "render",
-    "FrozenReference", "adapters_disabled", "plan_micro_batches", "NanoReward",
+    "FrozenReference", "adapters_disabled", "plan_micro_batches", "NanoReward", "NanoAnswerReward",
 ]
 
 
@@ -125,8 +125,8 @@ def nano_prompt_items(families: Sequence[str], split: str, per_family: int, seed
     A name is a family (``"composition"``: its categories in turn) or one category of it
     (``"composition/counting"``), so a mixture can weight the categories that still have headroom. The input image
     (editing, reflection) is the sample's rendered ``input_scene``; the sample itself goes to ``meta["sample"]``
-    for the ``nano`` / ``nano_correct`` rewards. Only image-producing families can be used (understanding answers
-    in text).
+    for the ``nano`` / ``nano_correct`` / ``nano_answer`` rewards. Only image-producing families can be used
+    (understanding answers in text).
     """
     from ..nano import prompts as nano_prompts
 
@@ -374,6 +374,34 @@ class NanoReward:
 
 register_reward("nano")(NanoReward)
 register_reward("nano_correct")(lambda: NanoReward(metric="correct"))
+
+
+@register_reward("nano_answer")
+class NanoAnswerReward:
+    """ThinkGen-Nano exact scorer on the MLLM's TEXT answer (``meta["instruction"]``, what the painter reads):
+    ``thinkgen.nano.scoring.score_answer(meta["sample"], instruction)``, 1.0 / 0.0. It checks the reasoning
+    without the painter's errors (the verifiable-answer reward of text GRPO); the images are not looked at. A
+    sample without ``meta["sample"]`` / ``meta["instruction"]`` or a scorer error scores NaN."""
+
+    def __init__(self):
+        try:
+            from ..nano import scoring
+        except ImportError as e:
+            raise MissingDependencyError(f"the nano_answer reward needs thinkgen.nano.scoring ({e})") from None
+        self.score_answer = scoring.score_answer
+
+    def __call__(self, images, prompts, meta) -> Tensor:
+        out = []
+        for m in meta:
+            sample, text = m.get("sample"), m.get("instruction")
+            if sample is None or not isinstance(text, str):
+                out.append(float("nan"))
+                continue
+            try:
+                out.append(1.0 if self.score_answer(sample, text)["correct"] else 0.0)
+            except Exception:  # noqa: BLE001 - a scorer failure means "could not score"
+                out.append(float("nan"))
+        return torch.tensor(out, dtype=torch.float32)
 
 
 def describe(items: Sequence[PromptItem]) -> dict[str, Any]:
