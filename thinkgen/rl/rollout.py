@@ -37,7 +37,7 @@ __all__ = [
     "PromptItem", "TextRollout", "ImageRollout", "derive_seed",
     "load_jsonl_prompts", "nano_prompt_items", "nano_scenario", "PromptMixture",
     "latent_shape", "initial_noise", "reference_latents", "negative_conditions", "decode_images", "render",
-    "FrozenReference", "adapters_disabled", "plan_micro_batches", "NanoReward", "NanoAnswerReward",
+    "FrozenReference", "adapters_disabled", "plan_micro_batches", "NanoReward",
 ]
 
 
@@ -342,31 +342,42 @@ def plan_micro_batches(keep: Sequence[int], size: int, min_batches: int = 0) -> 
 
 # --------------------------------------------------------------------------------------------------- nano reward
 class NanoReward:
-    """ThinkGen-Nano exact scorer as a reward: ``thinkgen.nano.scoring.score(meta["sample"], image)``.
+    """ThinkGen-Nano exact scorer as a reward.
 
-    metric="score": the partial credit (1.0 iff correct, at most 0.95 otherwise) - the training reward;
-    metric="correct": 1.0 / 0.0, the strict benchmark verdict - the held-out accuracy.
-    A sample without ``meta["sample"]`` or a scorer error scores NaN (left out of the advantages).
+    metric="score": ``scoring.score(meta["sample"], image)`` partial credit (1.0 iff correct, at most 0.95
+    otherwise) - the training reward; metric="correct": its 1.0 / 0.0 strict verdict - the held-out accuracy;
+    metric="answer": ``scoring.score_answer(meta["sample"], meta["instruction"])`` 1.0 / 0.0 on the MLLM's TEXT
+    answer (what the painter reads), the images not looked at - the verifiable-answer reward of text GRPO, which
+    checks the reasoning without the painter's errors.
+    A sample without ``meta["sample"]`` (or, for "answer", ``meta["instruction"]``) or a scorer error scores NaN
+    (left out of the advantages).
     """
 
+    METRICS = ("score", "correct", "answer")
+
     def __init__(self, metric: str = "score"):
-        if metric not in ("score", "correct"):
-            raise ConfigError(f"nano reward metric must be 'score' or 'correct', got {metric!r}")
+        if metric not in self.METRICS:
+            raise ConfigError(f"nano reward metric must be one of {self.METRICS}, got {metric!r}")
         try:
             from ..nano import scoring
         except ImportError as e:
             raise MissingDependencyError(f"the nano reward needs thinkgen.nano.scoring ({e})") from None
-        self.score, self.metric = scoring.score, metric
+        self.scoring, self.metric = scoring, metric
+
+    def _one(self, image, m: dict) -> float:
+        sample = m.get("sample")
+        if self.metric == "answer":
+            text = m.get("instruction")
+            if sample is None or not isinstance(text, str):
+                return float("nan")
+            return 1.0 if self.scoring.score_answer(sample, text)["correct"] else 0.0
+        return float("nan") if sample is None else float(self.scoring.score(sample, image)[self.metric])
 
     def __call__(self, images, prompts, meta) -> Tensor:
         out = []
         for img, m in zip(images, meta):
-            sample = m.get("sample")
-            if sample is None:
-                out.append(float("nan"))
-                continue
             try:
-                out.append(float(self.score(sample, img)[self.metric]))
+                out.append(self._one(img, m))
             except Exception:  # noqa: BLE001 - a scorer failure means "could not score"
                 out.append(float("nan"))
         return torch.tensor(out, dtype=torch.float32)
@@ -374,34 +385,7 @@ class NanoReward:
 
 register_reward("nano")(NanoReward)
 register_reward("nano_correct")(lambda: NanoReward(metric="correct"))
-
-
-@register_reward("nano_answer")
-class NanoAnswerReward:
-    """ThinkGen-Nano exact scorer on the MLLM's TEXT answer (``meta["instruction"]``, what the painter reads):
-    ``thinkgen.nano.scoring.score_answer(meta["sample"], instruction)``, 1.0 / 0.0. It checks the reasoning
-    without the painter's errors (the verifiable-answer reward of text GRPO); the images are not looked at. A
-    sample without ``meta["sample"]`` / ``meta["instruction"]`` or a scorer error scores NaN."""
-
-    def __init__(self):
-        try:
-            from ..nano import scoring
-        except ImportError as e:
-            raise MissingDependencyError(f"the nano_answer reward needs thinkgen.nano.scoring ({e})") from None
-        self.score_answer = scoring.score_answer
-
-    def __call__(self, images, prompts, meta) -> Tensor:
-        out = []
-        for m in meta:
-            sample, text = m.get("sample"), m.get("instruction")
-            if sample is None or not isinstance(text, str):
-                out.append(float("nan"))
-                continue
-            try:
-                out.append(1.0 if self.score_answer(sample, text)["correct"] else 0.0)
-            except Exception:  # noqa: BLE001 - a scorer failure means "could not score"
-                out.append(float("nan"))
-        return torch.tensor(out, dtype=torch.float32)
+register_reward("nano_answer")(lambda: NanoReward(metric="answer"))
 
 
 def describe(items: Sequence[PromptItem]) -> dict[str, Any]:
