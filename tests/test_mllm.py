@@ -51,6 +51,12 @@ def test_prompt_strings_exact(tok):
     assert build_prompt(tok, "a cat", 0, "auto") == user + "<|im_start|>assistant\n"
     assert build_prompt(tok, "a cat", 0, "nothink") == user + "<|im_start|>assistant\n<think>\n</think>a cat"
     assert build_prompt(tok, "a cat", 0, "negative") == build_prompt(tok, "a cat", 0, "nothink")
+    # chat: the understanding prompt of ThinkGenMLLM.chat (no system turn), the model decides whether to think
+    assert build_prompt(tok, "a cat", 1, "chat") == (
+        "<|im_start|>user\n" + VISION_PLACEHOLDER + "a cat<|im_end|>\n<|im_start|>assistant\n")
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "a cat"}]}]
+    assert build_prompt(tok, "a cat", 1, "chat") == tok.apply_chat_template(msgs, tokenize=False,
+                                                                          add_generation_prompt=True)
     # editing: one placeholder per image, in the user turn AND after </think>
     v2 = VISION_PLACEHOLDER * 2 + "make it blue"
     assert build_prompt(tok, "make it blue", 2, "nothink") == (
@@ -257,6 +263,22 @@ def test_think_with_images_batch_equals_single(mllm):
         n = int(one.mask.sum())
         assert batch.thoughts[i] == one.thoughts[0]
         torch.testing.assert_close(batch.features[i, :n], one.features[0, :n], rtol=0, atol=1e-5)
+
+
+def test_think_per_sample_modes_equal_separate_calls(mllm):
+    """One batch may mix generation prompts ("think") and understanding prompts ("chat"): each sample comes out as
+    it does in a call of its own mode (what MLLM-GRPO relies on for mixed scenario batches)."""
+    ims = [[Image.new("RGB", (64, 64), (255, 0, 0))], [Image.new("RGB", (64, 64), (0, 0, 255))]]
+    texts = ["make it blue", "what is this?"]
+    kw = dict(max_think_tokens=3, max_answer_tokens=3, do_sample=False)
+    mixed = mllm.think(texts, images=ims, mode=["think", "chat"], **kw)
+    for i, mode in enumerate(["think", "chat"]):
+        one = mllm.think([texts[i]], images=[ims[i]], mode=mode, **kw)
+        assert mixed.thoughts[i] == one.thoughts[0] and mixed.instructions[i] == one.instructions[0]
+    with pytest.raises(InvalidInputError, match="2 instructions but 1 modes"):
+        mllm.think(texts, images=ims, mode=["think"], **kw)
+    with pytest.raises(InvalidInputError, match="nothink"):
+        mllm.think(texts, images=ims, mode=["think", "nothink"], **kw)
 
 
 def test_chat_returns_string(mllm):

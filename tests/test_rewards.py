@@ -40,18 +40,32 @@ def _const(values):
     return fn
 
 
+def _per_sample(key):
+    """A reward reading meta[key] (NaN when missing); records the sub-batch sizes it was called with."""
+    calls = []
+
+    def fn(images, prompts, meta):
+        calls.append(len(images))
+        return torch.tensor([float(m.get(key, float("nan"))) for m in meta], dtype=torch.float32)
+
+    fn.calls = calls
+    return fn
+
+
 def test_combined_reward_per_scenario_weights():
-    a, b = _const([1.0, 1.0, 1.0]), _const([10.0, float("nan"), 10.0])
+    a, b = _per_sample("a"), _per_sample("b")
     comb = R.CombinedReward({"a": 1.0, "b": 0.5}, per_scenario={"text": {"a": 2.0}},
                             rewards={"a": a, "b": b})
-    meta = [{}, {"scenario": "text"}, {"scenario": "unknown"}]
-    total, parts = comb.compute([_img()] * 3, ["p"] * 3, meta)
-    # sample 1 uses the "text" weights, so b's NaN (weight 0 there) does not leak in
+    meta = [{"a": 1.0, "b": 10.0}, {"scenario": "text", "a": 1.0}, {"scenario": "unknown", "a": 1.0, "b": 10.0}]
+    total, parts = comb.compute([_img(), None, _img()], ["p"] * 3, meta)
+    # sample 1 uses the "text" weights: b is not computed for it (its image is None), so nothing NaN leaks in
     assert total.tolist() == [6.0, 2.0, 6.0]
-    assert set(parts) == {"a", "b"}
-    assert a.calls == [3] and b.calls == [3]  # each reward computed once on the whole batch
-    nan_total = R.CombinedReward({"b": 1.0}, rewards={"b": b})([_img()] * 3, ["p"] * 3, [{}] * 3)
-    assert torch.isnan(nan_total[1]) and nan_total[0] == 10.0
+    assert set(parts) == {"a", "b"} and torch.isnan(parts["b"][1]) and parts["b"][0] == 10.0
+    assert a.calls == [3] and b.calls == [2]   # each reward computed once, on the samples that weight it
+    nan_total = R.CombinedReward({"b": 1.0}, rewards={"b": b})([_img()] * 3, ["p"] * 3, [{}, {"b": 1.0}, {}])
+    assert torch.isnan(nan_total[0]) and nan_total[1] == 1.0
+    with pytest.raises(TypeError, match="None for a text-output sample"):
+        comb.compute(["not an image"], ["p"], [{}])
 
 
 def test_combined_reward_checks_shapes():

@@ -422,8 +422,10 @@ def test_nano_prompt_source_scores_its_own_targets():
     targets = [it.meta["sample"].target_image() for it in items]
     r = build_reward("nano_correct")(targets, [it.prompt for it in items], [it.reward_meta() for it in items])
     assert r.tolist() == [1.0] * 4
-    with pytest.raises(ConfigError, match="understanding"):
-        nano_prompt_items(["understanding"], "train", 1, seed=0)
+    # an understanding item: its gold answer scores 1 under nano_answer
+    und = nano_prompt_items(["understanding"], "train", 2, seed=0)
+    meta = [it.reward_meta(instruction=it.meta["sample"].answer) for it in und]
+    assert build_reward("nano_answer")([None, None], [it.prompt for it in und], meta).tolist() == [1.0, 1.0]
 
 
 def test_nano_answer_reward_scores_the_text_answer_not_the_image():
@@ -491,8 +493,11 @@ def test_nano_category_scenarios():
         all(it.images for it in items if it.scenario == "editing")
     with pytest.raises(ConfigError, match="counting_stars"):
         nano_prompt_items(["composition/counting_stars"], "train", 1, seed=0)
-    with pytest.raises(ConfigError, match="understanding"):
-        nano_prompt_items(["understanding/count"], "train", 1, seed=0)
+    with pytest.raises(ConfigError, match="painting"):
+        nano_prompt_items(["painting"], "train", 1, seed=0)
+    und = nano_prompt_items(["understanding/count"], "train", 2, seed=0)
+    assert all(it.output == "text" and it.prompt_mode == "chat" and len(it.images) == 1 for it in und)
+    assert all(it.output == "image" and it.prompt_mode == "think" for it in counting)
     with pytest.raises(ConfigError, match="counting_stars"):
         load_config(CONFIGS / "sepgrpo_nano.yaml", ["--nano_families={composition/counting_stars: 1.0}"])
 
@@ -577,3 +582,64 @@ def test_mllm_update_raises_the_logprob_of_advantaged_rollouts(tiny_ckpt, prompt
         finally:
             close_run(run)
     assert moves[0] > 0 and moves[1] > 0, moves
+
+
+# ----------------------------------------------------------------------------------------------- text-output scenarios
+def test_understanding_scenario_rollouts_rewards_and_step(tiny_ckpt, tmp_path):
+    """Understanding prompts (answered in text) in MLLM-GRPO: sampled on the chat prompt, never rendered (image
+    None), scored by a text reward only, while image prompts in the same batch are rendered and scored as usual."""
+    from thinkgen.mllm import build_prompt
+    from thinkgen.rl.mllm_grpo import collect_text_rollouts, render_rollouts
+    from thinkgen.rl.rewards import CombinedReward
+    from thinkgen.rl.rollout import nano_prompt_items
+    from thinkgen.rl.sepgrpo import build_run, close_run, mllm_step
+
+    cfg = load_config(CONFIGS / "sepgrpo_nano.yaml", [
+        f"--model_dir={tiny_ckpt}", f"--output_dir={tmp_path / 'out'}", "--device=cpu", "--progress=false",
+        "--schedule=[mllm]", "--nano_families={understanding: 1.0, reasoning: 1.0}", "--nano_train_size=3",
+        "--mllm.scenario_weights={}",
+        "--nano_eval_size=1", "--eval_steps=2", "--eval_seeds=1", "--save_every=0",
+        "--reward_per_scenario={understanding: {nano_answer: 1.0}}",
+        "--mllm.reward_per_scenario={understanding: {nano_answer: 1.0, format: 0.1}}",
+        "--mllm.steps=1", "--mllm.prompts_per_step=2", "--mllm.group_size=2", "--mllm.max_think_tokens=4",
+        "--mllm.max_answer_tokens=3", "--mllm.render_steps=2", "--mllm.render_resolution=32"])
+    run = build_run(cfg)
+    try:
+        mc = cfg.mllm
+        items = nano_prompt_items(["understanding", "reasoning"], "train", 1, seed=0)
+        roll = collect_text_rollouts(run.pipe.mllm, items, mc, [[1, 2], [3, 4]])
+        chat = run.pipe.mllm.processor([build_prompt(run.pipe.mllm.tokenizer, items[0].prompt, 1, "chat")],
+                                       [items[0].load_images()], padding_side="right")["input_ids"][0].tolist()
+        assert roll.prompt_ids[0] == chat
+        render_rollouts(run.pipe, run.pipe.transformer, roll, mc, [5, 6])
+        assert roll.images[0] is None and roll.images[1] is None
+        assert all(im is not None and im.size == (32, 32) for im in roll.images[2:])
+        weights, per_scenario = cfg.reward_spec("mllm")
+        total, parts = CombinedReward(weights, per_scenario).compute(*roll.reward_inputs())
+        assert not torch.isnan(total).any()
+        assert torch.isnan(parts["nano"][:2]).all() and not torch.isnan(parts["nano"][2:]).any()
+        assert torch.isnan(parts["nano_answer"][2:]).all() and not torch.isnan(parts["nano_answer"][:2]).any()
+        stats = mllm_step(run, 0, 0)
+        assert stats["mllm/reward/understanding"] == stats["mllm/reward/understanding"]      # scored, not NaN
+        from thinkgen.rl.sepgrpo import evaluate
+        metrics, _ = evaluate(run)
+        assert {"eval/understanding", "eval/reasoning"} <= set(metrics) and metrics["eval/count"] == 2
+    finally:
+        close_run(run)
+
+
+@pytest.mark.parametrize("over,reason", [
+    (["--schedule=[mllm, dit]", "--reward_per_scenario={understanding: {nano_answer: 1.0}}",
+      "--mllm.reward_per_scenario={understanding: {nano_answer: 1.0}}"], "dit phase would draw text-output"),
+    (["--schedule=[mllm]", "--reward_per_scenario={understanding: {nano_answer: 1.0}}"], "answered in text"),
+    (["--schedule=[mllm]", "--mllm.reward_per_scenario={understanding: {nano_answer: 1.0}}"], "held-out rewards"),
+], ids=["dit", "mllm-image-reward", "eval-image-reward"])
+def test_understanding_scenario_bad_configs(tiny_ckpt, tmp_path, over, reason):
+    from thinkgen.rl.sepgrpo import build_run
+
+    cfg = load_config(CONFIGS / "sepgrpo_nano.yaml", [
+        f"--model_dir={tiny_ckpt}", f"--output_dir={tmp_path / 'out'}", "--device=cpu", "--progress=false",
+        "--nano_families={understanding: 1.0, reasoning: 1.0}", "--nano_train_size=2", "--nano_eval_size=1",
+        "--mllm.scenario_weights={}", "--dit.scenario_weights={}", *over])
+    with pytest.raises(ConfigError, match=reason):
+        build_run(cfg)

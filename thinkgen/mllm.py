@@ -54,7 +54,7 @@ DEFAULT_NEGATIVE_PROMPT = (
 
 VISION_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 
-PROMPT_MODES = ("think", "nothink", "auto", "negative")
+PROMPT_MODES = ("think", "nothink", "auto", "negative", "chat")
 MISSING_THINK_END_POLICIES = ("force_close", "error")
 FORCE_CLOSE_TEXT = THINK_END + "\n\n"
 
@@ -74,11 +74,13 @@ def prompt_parts(tokenizer, instruction: str, num_images: int = 0, mode: str = "
     if num_images < 0:
         raise InvalidInputError(f"num_images must be >= 0, got {num_images}")
     instr = VISION_PLACEHOLDER * num_images + instruction
-    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": instr}]
+    messages = [{"role": "user", "content": instr}]
+    if mode != "chat":
+        messages.insert(0, {"role": "system", "content": SYSTEM_PROMPT})
     head = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
     if mode == "think":
         return head, "<|im_start|>assistant\n<think>\n"
-    if mode == "auto":
+    if mode in ("auto", "chat"):
         return head, "<|im_start|>assistant\n"
     return head, "<|im_start|>assistant\n<think>\n</think>" + instr
 
@@ -90,6 +92,7 @@ def build_prompt(tokenizer, instruction: str, num_images: int = 0, mode: str = "
           "nothink"  -> ...<|im_start|>assistant\\n<think>\\n</think>{instr}  (one forward, no decoding)
           "negative" -> same as "nothink" (the reference encodes the negative prompt this way, with num_images=0)
           "auto"     -> ...<|im_start|>assistant\\n                         (the model decides whether to open <think>)
+          "chat"     -> as "auto" without the system turn: the understanding / chat prompt of ``ThinkGenMLLM.chat``
     where ... = tokenizer.apply_chat_template([system: SYSTEM_PROMPT, user: {instr}], add_generation_prompt=False)
     and {instr} = one VISION_PLACEHOLDER per input image + instruction (also after </think>, as in the reference).
     Unknown mode -> InvalidInputError.
@@ -110,14 +113,14 @@ def find_answer_start(ids, think_end_id: int, start: int = 0) -> int | None:
 def generated_answer_start(generated, think_start_id: int, think_end_id: int, mode: str) -> int | None:
     """Where the answer starts inside the GENERATED tokens (think/auto modes).
 
-    After the first </think> if there is one. Otherwise: auto mode whose output does not open with <think>
+    After the first </think> if there is one. Otherwise: auto / chat mode whose output does not open with <think>
     answered directly -> 0 (the whole answer); anything else -> None (a thought that never closed).
     """
     gen = generated.tolist() if isinstance(generated, Tensor) else list(generated)
     cut = find_answer_start(gen, think_end_id)
     if cut is not None:
         return cut
-    if mode == "auto" and (not gen or gen[0] != think_start_id):
+    if mode in ("auto", "chat") and (not gen or gen[0] != think_start_id):
         return 0
     return None
 
@@ -171,7 +174,7 @@ class _ThinkState:
 
     UNDECIDED, THINKING, ANSWERING, DONE = 0, 1, 2, 3
 
-    def __init__(self, batch: int, prompt_len: int, mode: str, ids: dict, *, max_think_tokens: int,
+    def __init__(self, batch: int, prompt_len: int, mode: str | list[str], ids: dict, *, max_think_tokens: int,
                  max_answer_tokens: int, policy: str, close_ids: list[int], do_sample: bool,
                  temperature: float, top_p: float, top_k: int,
                  generators: list[torch.Generator] | None = None, progress=None):
@@ -183,8 +186,8 @@ class _ThinkState:
         self.do_sample, self.temperature, self.top_p, self.top_k = do_sample, temperature, top_p, top_k
         self.generators = generators             # one per sample: sampling independent of the batch around it
         self.progress = progress                 # a tqdm bar (or None), one tick per decoding step
-        start = self.THINKING if mode == "think" else self.UNDECIDED
-        self.phase = [start] * batch
+        modes = [mode] * batch if isinstance(mode, str) else list(mode)
+        self.phase = [self.THINKING if m == "think" else self.UNDECIDED for m in modes]
         self.n_think = [0] * batch
         self.n_answer = [0] * batch
         self.n_gen = [0] * batch                 # generated tokens that belong to the sample (incl. its stop token)
@@ -607,7 +610,8 @@ class ThinkGenMLLM:
                                    decoded, [True] * n)
 
     @torch.no_grad()
-    def think(self, instructions: list[str], images: list[list[Image.Image]] | None = None, mode: str = "think", *,
+    def think(self, instructions: list[str], images: list[list[Image.Image]] | None = None,
+              mode: str | list[str] = "think", *,
               max_think_tokens: int = 1024, max_answer_tokens: int = 256, do_sample: bool = True,
               temperature: float = 1.0, top_p: float = 0.95, top_k: int = 20,
               seed: int | list[int] | None = None,
@@ -624,7 +628,9 @@ class ThinkGenMLLM:
         <|im_end|>) is never fed back and has no feature.
 
         mode: "think" (prompt opens <think>) or "auto" (the model decides; if it answers without <think> the whole
-        answer is the instruction). The answer starts after the first </think> in the GENERATED tokens.
+        answer is the instruction), or "chat" (as "auto", on the prompt ``chat`` builds: no ThinkGen system turn;
+        used for understanding rollouts); one mode for the batch or one per sample. The answer starts after the
+        first </think> in the GENERATED tokens.
 
         Budgets and policy, per sample:
         * During a thought the stop tokens are masked (a thought cannot end the turn).
@@ -644,7 +650,12 @@ class ThinkGenMLLM:
         thoughts[i]: the generated text without its final stop token, special tokens kept (<think>/</think>
         included); instructions[i]: the decoded answer after </think>, special tokens removed, stripped.
         """
-        _check_mode(mode, ("think", "auto"))
+        instructions = self._check_texts(instructions)
+        modes = [mode] * len(instructions) if isinstance(mode, str) else list(mode)
+        if len(modes) != len(instructions):
+            raise InvalidInputError(f"got {len(instructions)} instructions but {len(modes)} modes")
+        for m in modes:
+            _check_mode(m, ("think", "auto", "chat"))
         if on_missing_think_end not in MISSING_THINK_END_POLICIES:
             raise InvalidInputError(f"on_missing_think_end={on_missing_think_end!r}; allowed: "
                                     f"{', '.join(MISSING_THINK_END_POLICIES)}")
@@ -654,11 +665,10 @@ class ThinkGenMLLM:
         if do_sample and (temperature <= 0 or not 0 < top_p <= 1 or top_k < 0):
             raise InvalidInputError(f"need temperature > 0, 0 < top_p <= 1, top_k >= 0; got temperature="
                                     f"{temperature}, top_p={top_p}, top_k={top_k}")
-        instructions = self._check_texts(instructions)
         if images is not None and len(images) != len(instructions):
             raise InvalidInputError(f"got {len(instructions)} instructions but {len(images)} image lists")
         per_images = [list(x or []) for x in images] if images is not None else [[] for _ in instructions]
-        prompts = [build_prompt(self.tokenizer, s, len(ims), mode) for s, ims in zip(instructions, per_images)]
+        prompts = [build_prompt(self.tokenizer, s, len(ims), m) for s, ims, m in zip(instructions, per_images, modes)]
         batch = self.processor(prompts, per_images, padding_side="left",
                                max_pixels=max_pixels)
         batch = {k: v.to(self.device) for k, v in batch.items()}
@@ -673,7 +683,7 @@ class ThinkGenMLLM:
         if progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=max_new, desc="thinking", unit="tok", leave=False)
-        state = _ThinkState(B, P, mode, self.ids, max_think_tokens=max_think_tokens,
+        state = _ThinkState(B, P, modes, self.ids, max_think_tokens=max_think_tokens,
                             max_answer_tokens=max_answer_tokens, policy=on_missing_think_end, close_ids=close_ids,
                             do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k,
                             generators=gens, progress=bar)
@@ -715,7 +725,7 @@ class ThinkGenMLLM:
         for b in range(B):
             g = gen[b, : n_gen[b]].tolist()
             gen_ids.append(g)
-            cut = generated_answer_start(g, self.ids[THINK_START], self.ids[THINK_END], mode)
+            cut = generated_answer_start(g, self.ids[THINK_START], self.ids[THINK_END], modes[b])
             if cut is None:  # unreachable: force_close always inserts </think>, "error" raised above
                 raise GenerationError(f"sample {b} has no {THINK_END} in its generation")
             body = g[:-1] if g and g[-1] in state.stop_ids else g

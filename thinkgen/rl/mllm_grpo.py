@@ -4,7 +4,9 @@ Pieces, in the order a step uses them:
 
 1. ``collect_text_rollouts``: G thoughts per prompt with ``ThinkGenMLLM.think`` (per-sample generators, so a
    sample does not depend on its batch), then the frozen DiT renders every rollout from its post-``</think>``
-   features with ONE initial noise per group (the DiT's randomness cancels inside the group).
+   features with ONE initial noise per group (the DiT's randomness cancels inside the group). Text-output prompts
+   (understanding, ``PromptItem.output == "text"``) are sampled on the chat prompt the MLLM answers questions
+   with and are not rendered: their answer is what the reward scores.
 2. ``rollout_logps``: per-token log-probs of the completions, recomputed by a forward over prompt + completion
    (the prompt's pixels go in through the processor's pixel inputs), with the same micro-batches as the update,
    so the first update's ratio is exactly 1.
@@ -37,7 +39,7 @@ __all__ = ["collect_text_rollouts", "render_rollouts", "sequence_batch", "token_
 def _prompt_inputs(mllm, item: PromptItem, max_pixels: int) -> tuple[list[int], dict[str, Tensor]]:
     """Token ids and pixel inputs of one think prompt, built exactly as ``think`` builds them."""
     images = item.load_images()
-    text = build_prompt(mllm.tokenizer, item.prompt, len(images), "think")
+    text = build_prompt(mllm.tokenizer, item.prompt, len(images), item.prompt_mode)
     batch = mllm.processor([text], [images], padding_side="right", max_pixels=max_pixels)
     ids = batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()
     vision = {k: batch[k] for k in ("pixel_values", "image_grid_thw") if k in batch}
@@ -52,7 +54,8 @@ def collect_text_rollouts(mllm, items: Sequence[PromptItem], cfg: MLLMPhaseConfi
     instructions = [it.prompt for it in items for _ in range(G)]
     images = [it.load_images() for it in items for _ in range(G)]
     gens = [torch.Generator(device=mllm.device).manual_seed(int(s)) for seeds in sample_seeds for s in seeds]
-    out = mllm.think(instructions, images, mode="think", max_think_tokens=cfg.max_think_tokens,
+    modes = [it.prompt_mode for it in items for _ in range(G)]
+    out = mllm.think(instructions, images, mode=modes, max_think_tokens=cfg.max_think_tokens,
                      max_answer_tokens=cfg.max_answer_tokens, do_sample=True, temperature=cfg.temperature,
                      top_p=cfg.top_p, top_k=cfg.top_k, generator=gens, max_pixels=cfg.max_image_pixels)
     think_end = mllm.ids[THINK_END]
@@ -79,16 +82,26 @@ def collect_text_rollouts(mllm, items: Sequence[PromptItem], cfg: MLLMPhaseConfi
 @torch.no_grad()
 def render_rollouts(pipe, dit, roll: TextRollout, cfg: MLLMPhaseConfig, group_seeds: Sequence[int],
                     features: tuple[Tensor, Tensor] | None = None) -> None:
-    """Frozen-DiT Euler renders of every rollout into ``roll.images``, ONE initial noise per group
-    (``group_seeds[p]``). ``features`` replaces the policy's own features (``features_from: reference``)."""
+    """Frozen-DiT Euler renders of every image-output rollout into ``roll.images`` (None for text-output
+    prompts), ONE initial noise per group (``group_seeds[p]``). ``features`` replaces the policy's own features
+    (``features_from: reference``)."""
     G, B = roll.group_size, roll.batch_size
+    roll.images = [None] * B
+    prompts = [p for p, it in enumerate(roll.items) if it.output == "image"]
+    if not prompts:
+        return
+    draw = [p * G + g for p in prompts for g in range(G)]
     feats, mask = features if features is not None else (roll.features, roll.feature_mask)
-    refs = reference_latents(pipe, roll.items, cfg.render_resolution)
-    cond = DiTConditions(feats.to(pipe.device, pipe.dtype), mask.to(pipe.device),
-                         [refs[b // G] for b in range(B)] if refs is not None else None)
-    roll.images = render(pipe, dit, cond, [group_seeds[b // G] for b in range(B)], steps=cfg.render_steps,
-                         resolution=cfg.render_resolution, guidance_scale=cfg.render_guidance,
-                         batch_size=cfg.micro_batch_size)
+    refs = reference_latents(pipe, [roll.items[p] for p in prompts], cfg.render_resolution)
+    slot = {p: i for i, p in enumerate(prompts)}
+    idx = torch.tensor(draw, dtype=torch.long)
+    cond = DiTConditions(feats[idx].to(pipe.device, pipe.dtype), mask[idx].to(pipe.device),
+                         [refs[slot[b // G]] for b in draw] if refs is not None else None)
+    images = render(pipe, dit, cond, [group_seeds[b // G] for b in draw], steps=cfg.render_steps,
+                    resolution=cfg.render_resolution, guidance_scale=cfg.render_guidance,
+                    batch_size=cfg.micro_batch_size)
+    for b, im in zip(draw, images):
+        roll.images[b] = im
 
 
 # --------------------------------------------------------------------------------------------------- log-probs

@@ -38,7 +38,7 @@ from thinkgen.errors import ConfigError, GenerationError, ThinkgenError
 from thinkgen.positions import relative_position
 
 __all__ = [
-    "RewardFn", "REWARDS", "register_reward", "build_reward", "MissingDependencyError",
+    "RewardFn", "REWARDS", "TEXT_REWARDS", "register_reward", "build_reward", "MissingDependencyError",
     "CombinedReward", "AsyncReward",
     "FormatReward", "levenshtein", "ocr_target_text", "ocr_ned_score", "ocr_word_accuracy_score", "OCRReward",
     "Detection", "relative_position", "GenEvalResult", "GenEvalRuleReward",
@@ -57,15 +57,20 @@ class MissingDependencyError(ThinkgenError, ImportError):
 # Registry
 
 REWARDS: dict[str, Callable[..., RewardFn]] = {}
+TEXT_REWARDS: set[str] = set()     # rewards that read only the text (meta["thought"] / ["instruction"]), never the
+                                   # image: the only ones a text-output prompt (understanding) can be scored with
 
 
-def register_reward(name: str):
-    """Decorator: register a reward factory (a class or function returning a RewardFn) under ``name``."""
+def register_reward(name: str, text_only: bool = False):
+    """Decorator: register a reward factory (a class or function returning a RewardFn) under ``name``.
+    ``text_only``: the reward never looks at the image (it may then score text-output prompts, whose image is None)."""
 
     def deco(factory):
         if name in REWARDS:
             raise ValueError(f"reward {name!r} is already registered ({REWARDS[name]!r})")
         REWARDS[name] = factory
+        if text_only:
+            TEXT_REWARDS.add(name)
         return factory
 
     return deco
@@ -86,9 +91,12 @@ def _check_batch(images, prompts, meta) -> None:
                          "must have the same length")
 
 
-def _rgb(img: Image.Image) -> Image.Image:
+def _rgb(img: Image.Image | None) -> Image.Image | None:
+    """RGB copy of a PIL image; None (a text-output sample: nothing was rendered) stays None."""
+    if img is None:
+        return None
     if not isinstance(img, Image.Image):
-        raise TypeError(f"rewards take PIL images, got {type(img).__name__}")
+        raise TypeError(f"rewards take PIL images (or None for a text-output sample), got {type(img).__name__}")
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
@@ -101,11 +109,13 @@ def _scores(values) -> Tensor:
 
 
 class CombinedReward:
-    """Weighted sum of named rewards, each computed ONCE on the whole batch.
+    """Weighted sum of named rewards, each computed ONCE on the samples that weight it (a sub-batch).
 
     Sample i uses ``per_scenario[meta[i]["scenario"]]`` when that scenario is listed, else ``weights``
     (a scenario's dict replaces the default weights, it is not merged). A component with weight 0 is
-    ignored for that sample even if it is NaN; a NaN component with a non-zero weight makes the total NaN.
+    not computed for that sample (NaN in its part); a NaN component with a non-zero weight makes the total NaN.
+    So a mixed batch can give image rewards to image prompts and text rewards (``nano_answer``) to text-output
+    prompts, whose image is None.
     Reward functions come from ``rewards`` (name -> RewardFn) or are built from the registry with
     ``reward_kwargs[name]``.
     """
@@ -127,15 +137,20 @@ class CombinedReward:
         """Returns (total [B], {name: component [B]})."""
         _check_batch(images, prompts, meta)
         images = [_rgb(im) for im in images]  # convert once for every component
+        weights = [self.per_scenario.get(m.get("scenario"), self.weights) for m in meta]
         parts: dict[str, Tensor] = {}
         for name, fn in self.fns.items():
-            r = torch.as_tensor(fn(images, prompts, meta), dtype=torch.float32).cpu()
-            if r.shape != (len(images),):
-                raise ValueError(f"reward {name!r} returned shape {tuple(r.shape)}, expected ({len(images)},)")
-            parts[name] = r
+            idx = [i for i, w in enumerate(weights) if w.get(name, 0) != 0]
+            parts[name] = torch.full((len(images),), float("nan"))
+            if not idx:
+                continue
+            r = torch.as_tensor(fn([images[i] for i in idx], [prompts[i] for i in idx], [meta[i] for i in idx]),
+                                dtype=torch.float32).cpu()
+            if r.shape != (len(idx),):
+                raise ValueError(f"reward {name!r} returned shape {tuple(r.shape)}, expected ({len(idx)},)")
+            parts[name][idx] = r
         total = torch.zeros(len(images), dtype=torch.float32)
-        for i, m in enumerate(meta):
-            w = self.per_scenario.get(m.get("scenario"), self.weights)
+        for i, w in enumerate(weights):
             total[i] = sum((wt * parts[k][i] for k, wt in w.items() if wt != 0), torch.tensor(0.0))
         return total, parts
 
@@ -174,7 +189,7 @@ class AsyncReward:
 # Format (text side)
 
 
-@register_reward("format")
+@register_reward("format", text_only=True)
 class FormatReward:
     """1.0 if the think text contains </think> followed by a non-empty answer, else 0.0.
 

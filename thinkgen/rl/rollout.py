@@ -42,6 +42,9 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------------------- prompts
+OUTPUTS = ("image", "text")
+
+
 @dataclass
 class PromptItem:
     """One training / evaluation prompt."""
@@ -51,19 +54,32 @@ class PromptItem:
     images: list = field(default_factory=list)           # input images (PIL, or paths loaded on first use)
     meta: dict = field(default_factory=dict)             # facts for the reward (e.g. {"sample": ...}, {"text": ...})
     uid: str = ""                                        # stable id (file:line or family:split:index)
+    output: str = "image"    # "image": the DiT renders it, rewards score the image; "text": the MLLM's answer is
+                             # the output (understanding): MLLM-GRPO only, never rendered, rewards read
+                             # meta["instruction"] and receive None for the image
+
+    def __post_init__(self):
+        if self.output not in OUTPUTS:
+            raise ConfigError(f"prompt {self.uid or self.prompt!r}: output must be one of {OUTPUTS}, got {self.output!r}")
 
     def load_images(self) -> list[Image.Image]:
         from ..images import load_image
 
         return [im if isinstance(im, Image.Image) else load_image(im) for im in self.images]
 
+    @property
+    def prompt_mode(self) -> str:
+        """The MLLM prompt of a think rollout: "think" (ThinkGen generation prompt) or "chat" (text output)."""
+        return "chat" if self.output == "text" else "think"
+
     def reward_meta(self, **extra) -> dict:
         return {**self.meta, "scenario": self.scenario, "uid": self.uid, **extra}
 
 
 def load_jsonl_prompts(path: str | Path) -> list[PromptItem]:
-    """``{"scenario": str, "prompt": str, "images": [paths]?, "meta": {...}?}`` per line; paths are relative to
-    the file. Every problem is a ConfigError naming the line."""
+    """``{"scenario": str, "prompt": str, "images": [paths]?, "meta": {...}?, "output": "image" | "text"?}`` per
+    line; paths are relative to the file; ``output`` "text" marks a prompt answered in text (e.g. a VQA question with
+    ``meta.answer``), trained by MLLM-GRPO without rendering. Every problem is a ConfigError naming the line."""
     path = Path(path)
     items = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
@@ -76,9 +92,10 @@ def load_jsonl_prompts(path: str | Path) -> list[PromptItem]:
             raise ConfigError(f"{where} is not valid JSON ({e})") from None
         if not isinstance(rec, dict):
             raise ConfigError(f"{where} must be a JSON object")
-        unknown = set(rec) - {"scenario", "prompt", "images", "meta"}
+        unknown = set(rec) - {"scenario", "prompt", "images", "meta", "output"}
         if unknown:
-            raise ConfigError(f"{where} has unknown keys {sorted(unknown)}; allowed: scenario, prompt, images, meta")
+            raise ConfigError(f"{where} has unknown keys {sorted(unknown)}; allowed: scenario, prompt, images, meta, "
+                              "output")
         scenario, prompt = rec.get("scenario"), rec.get("prompt")
         if not isinstance(scenario, str) or not scenario:
             raise ConfigError(f"{where}: 'scenario' must be a non-empty string, got {scenario!r}")
@@ -94,13 +111,17 @@ def load_jsonl_prompts(path: str | Path) -> list[PromptItem]:
         meta = rec.get("meta") or {}
         if not isinstance(meta, dict):
             raise ConfigError(f"{where}: 'meta' must be an object")
-        items.append(PromptItem(scenario, prompt, images, meta, uid=where))
+        output = rec.get("output", "image")
+        if output not in OUTPUTS:
+            raise ConfigError(f"{where}: 'output' must be one of {OUTPUTS}, got {output!r}")
+        items.append(PromptItem(scenario, prompt, images, meta, uid=where, output=output))
     if not items:
         raise ConfigError(f"{path} holds no prompts")
     return items
 
 
 NANO_IMAGE_FAMILIES = ("composition", "reasoning", "text", "editing", "reflection")
+NANO_TEXT_FAMILIES = ("understanding",)       # answered in text: MLLM-GRPO only (reward: nano_answer)
 
 
 def nano_scenario(name: str) -> tuple[str, tuple[str, ...] | None]:
@@ -108,9 +129,9 @@ def nano_scenario(name: str) -> tuple[str, tuple[str, ...] | None]:
     from ..nano import prompts as nano_prompts
 
     fam, _, cat = name.partition("/")
-    if fam not in NANO_IMAGE_FAMILIES:
-        raise ConfigError(f"nano scenario {name!r}: family {fam!r} cannot be trained by SepGRPO (it rewards images); "
-                          f"use one of {NANO_IMAGE_FAMILIES}, optionally as family/category")
+    if fam not in NANO_IMAGE_FAMILIES + NANO_TEXT_FAMILIES:
+        raise ConfigError(f"nano scenario {name!r}: unknown family {fam!r}; use one of "
+                          f"{NANO_IMAGE_FAMILIES + NANO_TEXT_FAMILIES}, optionally as family/category")
     if not cat:
         return fam, None
     if cat not in nano_prompts.CATEGORIES[fam]:
@@ -124,9 +145,9 @@ def nano_prompt_items(families: Sequence[str], split: str, per_family: int, seed
 
     A name is a family (``"composition"``: its categories in turn) or one category of it
     (``"composition/counting"``), so a mixture can weight the categories that still have headroom. The input image
-    (editing, reflection) is the sample's rendered ``input_scene``; the sample itself goes to ``meta["sample"]``
-    for the ``nano`` / ``nano_correct`` / ``nano_answer`` rewards. Only image-producing families can be used
-    (understanding answers in text).
+    (editing, reflection, understanding) is the sample's rendered ``input_scene``; the sample itself goes to
+    ``meta["sample"]`` for the ``nano`` / ``nano_correct`` / ``nano_answer`` rewards. Understanding items are
+    text-output items (``output="text"``: MLLM-GRPO only, rewarded with ``nano_answer``).
     """
     from ..nano import prompts as nano_prompts
 
@@ -136,7 +157,8 @@ def nano_prompt_items(families: Sequence[str], split: str, per_family: int, seed
         for i, s in enumerate(nano_prompts.generate(fam, per_family, seed=seed, split=split, categories=cats)):
             image = s.input_image()
             items.append(PromptItem(name, s.prompt, [image] if image is not None else [], {"sample": s},
-                                    uid=f"nano:{name}:{split}:{seed}:{i}"))
+                                    uid=f"nano:{name}:{split}:{seed}:{i}",
+                                    output="text" if fam in NANO_TEXT_FAMILIES else "image"))
     return items
 
 
@@ -163,6 +185,10 @@ class PromptMixture:
         else:
             self.weights = {k: float(len(v)) for k, v in self.by_scenario.items()}
         self.names = sorted(self.weights)
+
+    def outputs(self) -> dict[str, set[str]]:
+        """{scenario: the outputs ("image" / "text") of its prompts} for the scenarios this mixture draws."""
+        return {k: {it.output for it in self.by_scenario[k]} for k in self.names}
 
     def draw(self, n: int, key: tuple) -> list[PromptItem]:
         rng = random.Random(derive_seed(*key))
@@ -196,7 +222,7 @@ class TextRollout:
     feature_mask: Tensor                    # (B, L) bool
     old_logps: Tensor | None = None         # (B, T) token log-probs of the rollout policy (0 on padding)
     ref_logps: Tensor | None = None         # (B, T) token log-probs of the reference policy
-    images: list[Image.Image] = field(default_factory=list)   # B renders of the frozen DiT
+    images: list[Image.Image | None] = field(default_factory=list)   # B renders of the frozen DiT (None: text output)
 
     @property
     def batch_size(self) -> int:
@@ -385,7 +411,7 @@ class NanoReward:
 
 register_reward("nano")(NanoReward)
 register_reward("nano_correct")(lambda: NanoReward(metric="correct"))
-register_reward("nano_answer")(lambda: NanoReward(metric="answer"))
+register_reward("nano_answer", text_only=True)(lambda: NanoReward(metric="answer"))
 
 
 def describe(items: Sequence[PromptItem]) -> dict[str, Any]:

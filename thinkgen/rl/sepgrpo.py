@@ -372,6 +372,7 @@ def dit_step(run: Run, rnd: int, step: int) -> dict[str, float]:
 @torch.no_grad()
 def evaluate(run: Run) -> tuple[dict[str, float], list]:
     """Held-out prompts: greedy think (``eval_think``), Euler renders at fixed seeds, scored by the run's reward.
+    Text-output prompts (understanding): the greedy chat answer, scored once (no render).
 
     Prompts are sharded over ranks (padded to equal counts so collective forwards stay aligned).
     Returns ({"eval/<scenario>": mean, "eval/overall": mean}, this rank's first images).
@@ -388,8 +389,22 @@ def evaluate(run: Run) -> tuple[dict[str, float], list]:
     chunk = max(1, cfg.dit.micro_batch_size)
     results, shown = [], []
     for s in range(0, len(mine), chunk):
-        idx = mine[s:s + chunk]
-        its = [items[i % len(items)] for i in idx]
+        idx_all = mine[s:s + chunk]
+        its_all = [items[i % len(items)] for i in idx_all]
+        text = [j for j, it in enumerate(its_all) if it.output == "text"]
+        if text:
+            t_its = [its_all[j] for j in text]
+            enc = pipe.mllm.think([it.prompt for it in t_its], [it.load_images() for it in t_its], mode="chat",
+                                  max_think_tokens=mc.max_think_tokens, max_answer_tokens=mc.max_answer_tokens,
+                                  do_sample=False, max_pixels=mc.max_image_pixels)
+            meta = [it.reward_meta(thought=enc.thoughts[k], instruction=enc.instructions[k]) for k, it in enumerate(t_its)]
+            total, _ = run.eval_reward.compute([None] * len(t_its), [it.prompt for it in t_its], meta)
+            results.extend((it.scenario, float(total[k])) for k, (j, it) in enumerate(zip(text, t_its))
+                           if idx_all[j] < len(items))
+        keep = [j for j in range(len(its_all)) if j not in text]
+        if not keep:
+            continue
+        idx, its = [idx_all[j] for j in keep], [its_all[j] for j in keep]
         enc = mllm_conditions(pipe.mllm, its, cfg.eval_think, mc.max_think_tokens, mc.max_answer_tokens,
                               mc.max_image_pixels)
         refs = reference_latents(pipe, its, cfg.eval_resolution)
@@ -569,6 +584,34 @@ def build_run(cfg: SepGRPOConfig) -> Run:
     # --- prompts and rewards
     train_items, eval_items = _prompt_sets(cfg)
     mixtures = {name: PromptMixture(train_items, cfg.mixture_weights(name)) for name in phases}
+    text_scenarios = sorted(sc for mix in mixtures.values() for sc, outs in mix.outputs().items() if "text" in outs)
+    if "dit" in mixtures:
+        bad = sorted(sc for sc, outs in mixtures["dit"].outputs().items() if "text" in outs)
+        if bad:
+            raise ConfigError(f"the dit phase would draw text-output scenarios {bad} (answered in text, nothing to "
+                              "paint); give the dit phase its own scenario_weights without them (e.g. "
+                              "dit.scenario_weights: {composition: 1.0})")
+    import thinkgen.rl.rollout  # noqa: F401  (the nano rewards are registered there)
+    from .rewards import TEXT_REWARDS
+
+    def check_text_rewards(where: str, spec: tuple[dict, dict], scenarios) -> None:
+        weights, per_scenario = spec
+        for sc in scenarios:
+            used = sorted(k for k, w in per_scenario.get(sc, weights).items() if w != 0)
+            if not used or set(used) - TEXT_REWARDS:
+                raise ConfigError(f"scenario {sc!r} is answered in text (no image), but its {where or 'held-out '}"
+                                  f"rewards are {used}; it needs rewards that read the answer "
+                                  f"({sorted(TEXT_REWARDS)}), e.g. {where}reward_per_scenario: "
+                                  f"{{{sc}: {{nano_answer: 1.0}}}}")
+
+    if "mllm" in mixtures:
+        check_text_rewards("mllm.", cfg.reward_spec("mllm"),
+                           [sc for sc, outs in mixtures["mllm"].outputs().items() if "text" in outs])
+    if eval_items:
+        check_text_rewards("", cfg.reward_spec(None), sorted({it.scenario for it in eval_items if it.output == "text"}))
+    if text_scenarios and cfg.parallel == "fsdp2":
+        raise ConfigError(f"text-output scenarios {text_scenarios} with parallel=fsdp2: their rollouts skip the DiT, "
+                          "so sharded forwards would fall out of step across ranks; use --parallel=ddp or none")
     eval_reward = None
     if eval_items:
         eval_reward = CombinedReward(cfg.reward_weights, cfg.reward_per_scenario, reward_kwargs=cfg.reward_kwargs)
