@@ -321,3 +321,42 @@ def test_dit_focus_bench_refuses_start_ema_without_ema_weights(tmp_path, capsys)
         mod.main(["--start", str(start), "--start-ema", "--out", str(tmp_path / "out"), "--data-seed", "1"])
     assert "has no transformer_ema/" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()           # nothing written
+
+
+def _bench_module(name: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_lazy_rewriter_bench_data_and_refusals(tmp_path, capsys):
+    """bench/nano_lazy_rewriter.py: the given share of reasoning answers becomes the request verbatim (thought
+    kept), nothing else changes, image paths become absolute; a run folder without SFT data is refused, unwritten."""
+    import json
+
+    mod = _bench_module("nano_lazy_rewriter")
+    data = tmp_path / "run" / "data"
+    data.mkdir(parents=True)
+    recs = [{"family": "reasoning", "instruction": f"as many stars as {i} plus one", "think": "t", "answer": "two stars",
+             "output_image": "images/0.png"} for i in range(40)]
+    recs += [{"family": "understanding", "instruction": "how many?", "answer": "two", "input_images": ["images/1.png"]}]
+    (data / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    for rate, want in ((0.0, 0), (1.0, 40)):
+        out, n, k = mod.lazy_records(data / "sft.jsonl", rate, seed=10)
+        assert (n, k) == (40, want)
+        assert sum(r["answer"] == r["instruction"] for r in out[:40]) == want
+        assert all(r["think"] == "t" for r in out[:40]) and out[40]["answer"] == "two"
+        assert out[40]["input_images"] == [str((data / "images" / "1.png").resolve())]
+    half = mod.lazy_records(data / "sft.jsonl", 0.5, seed=10)[2]
+    assert 0 < half < 40 and half == mod.lazy_records(data / "sft.jsonl", 0.5, seed=10)[2]   # seeded
+    with pytest.raises(SystemExit):
+        mod.main(["--run", str(tmp_path / "nowhere"), "--start", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert "has no data/sft.jsonl" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit):
+        mod.main(["--run", str(tmp_path / "run"), "--start", str(tmp_path), "--out", str(tmp_path / "out"),
+                  "--lazy-rate", "1.5"])
+    assert "--lazy-rate=1.5 must be in [0, 1]" in capsys.readouterr().err
