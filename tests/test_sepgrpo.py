@@ -167,6 +167,12 @@ def test_jsonl_errors_name_the_line(tmp_path):
     p.write_text(json.dumps({"scenario": "x", "prompt": "a", "images": ["missing.png"]}) + "\n")
     with pytest.raises(ConfigError, match="does not exist"):
         load_jsonl_prompts(p)
+    p.write_text(json.dumps({"scenario": "vqa", "prompt": "how many?", "output": "text", "meta": {"answer": "2"}})
+                 + "\n" + json.dumps({"scenario": "x", "prompt": "a", "output": "video"}) + "\n")
+    with pytest.raises(ConfigError, match=r"bad.jsonl:2: 'output' must be one of \('image', 'text'\)"):
+        load_jsonl_prompts(p)
+    p.write_text(json.dumps({"scenario": "vqa", "prompt": "how many?", "output": "text"}) + "\n")
+    assert [(it.output, it.prompt_mode) for it in load_jsonl_prompts(p)] == [("text", "chat")]
 
 
 def test_micro_batch_plan_pads_with_dummies():
