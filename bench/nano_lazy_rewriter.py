@@ -40,9 +40,8 @@ def lazy_records(src: Path, rate: float, seed: int) -> tuple[list[dict], int, in
     out, n, k = [], 0, 0
     for line in src.read_text().splitlines():
         r = json.loads(line)
-        for key in ("input_images",):
-            if key in r:
-                r[key] = [str((src.parent / p).resolve()) for p in r[key]]
+        if "input_images" in r:
+            r["input_images"] = [str((src.parent / p).resolve()) for p in r["input_images"]]
         if "output_image" in r:
             r["output_image"] = str((src.parent / r["output_image"]).resolve())
         if r.get("family") == "reasoning":

@@ -307,22 +307,6 @@ def test_explicit_resume_from_a_torn_checkpoint_is_an_error(assets, tmp_path):
         train_dit(cfg_for(assets, tmp_path / "run", resume=str(torn)))
 
 
-def test_dit_focus_bench_refuses_start_ema_without_ema_weights(tmp_path, capsys):
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "nano_dit_focus.py"
-    spec = importlib.util.spec_from_file_location("nano_dit_focus", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    start = tmp_path / "start"
-    (start / "transformer").mkdir(parents=True)
-    (start / "model_index.json").write_text("{}")
-    with pytest.raises(SystemExit):
-        mod.main(["--start", str(start), "--start-ema", "--out", str(tmp_path / "out"), "--data-seed", "1"])
-    assert "has no transformer_ema/" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()           # nothing written
-
-
 def _bench_module(name: str):
     import importlib.util
 
@@ -331,6 +315,17 @@ def _bench_module(name: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def test_dit_focus_bench_refuses_start_ema_without_ema_weights(tmp_path, capsys):
+    mod = _bench_module("nano_dit_focus")
+    start = tmp_path / "start"
+    (start / "transformer").mkdir(parents=True)
+    (start / "model_index.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        mod.main(["--start", str(start), "--start-ema", "--out", str(tmp_path / "out"), "--data-seed", "1"])
+    assert "has no transformer_ema/" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()           # nothing written
 
 
 def test_lazy_rewriter_bench_data_and_refusals(tmp_path, capsys):

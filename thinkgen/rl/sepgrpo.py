@@ -60,7 +60,7 @@ from .advantages import group_advantages, grpo_advantages, nonzero_mask
 from .config import PHASES, SepGRPOConfig, config_to_yaml, load_config
 from .dit_grpo import collect_image_rollouts, dit_grpo_update, mllm_conditions
 from .mllm_grpo import collect_text_rollouts, mllm_grpo_update, render_rollouts, rollout_logps
-from .rewards import AsyncReward, CombinedReward
+from .rewards import TEXT_REWARDS, AsyncReward, CombinedReward
 from .rollout import (FrozenReference, PromptItem, PromptMixture, derive_seed, describe, load_jsonl_prompts,
                       nano_prompt_items, plan_micro_batches, reference_latents, render)
 
@@ -565,6 +565,38 @@ def restore_checkpoint(run: Run, ckpt: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- the run
+def _check_text_scenarios(cfg: SepGRPOConfig, mixtures: dict[str, PromptMixture],
+                          eval_items: list[PromptItem]) -> None:
+    """Text-output prompts (answered in text, never rendered): only the MLLM phase may draw them, only text rewards
+    (``TEXT_REWARDS``) may score them, and not under fsdp2. ConfigError naming the scenario and the fix."""
+
+    def text_of(mix: PromptMixture) -> list[str]:
+        return sorted(sc for sc, outs in mix.outputs().items() if "text" in outs)
+
+    if "dit" in mixtures and text_of(mixtures["dit"]):
+        raise ConfigError(f"the dit phase would draw text-output scenarios {text_of(mixtures['dit'])} (answered in "
+                          "text, nothing to paint); give the dit phase its own scenario_weights without them (e.g. "
+                          "dit.scenario_weights: {composition: 1.0})")
+
+    def check_rewards(where: str, spec: tuple[dict, dict], scenarios) -> None:
+        weights, per_scenario = spec
+        for sc in scenarios:
+            used = sorted(k for k, w in per_scenario.get(sc, weights).items() if w != 0)
+            if not used or set(used) - TEXT_REWARDS:
+                raise ConfigError(f"scenario {sc!r} is answered in text (no image), but its {where or 'held-out '}"
+                                  f"rewards are {used}; it needs rewards that read the answer "
+                                  f"({sorted(TEXT_REWARDS)}), e.g. {where}reward_per_scenario: "
+                                  f"{{{sc}: {{nano_answer: 1.0}}}}")
+
+    if "mllm" in mixtures:
+        check_rewards("mllm.", cfg.reward_spec("mllm"), text_of(mixtures["mllm"]))
+    check_rewards("", cfg.reward_spec(None), sorted({it.scenario for it in eval_items if it.output == "text"}))
+    text_scenarios = sorted({sc for mix in mixtures.values() for sc in text_of(mix)})
+    if text_scenarios and cfg.parallel == "fsdp2":
+        raise ConfigError(f"text-output scenarios {text_scenarios} with parallel=fsdp2: their rollouts skip the DiT, "
+                          "so sharded forwards would fall out of step across ranks; use --parallel=ddp or none")
+
+
 def build_run(cfg: SepGRPOConfig) -> Run:
     """Everything before the first step: process group, seeds, models, prompts, rewards, resume, logger."""
     from ..pipeline import ThinkGenPipeline
@@ -584,34 +616,7 @@ def build_run(cfg: SepGRPOConfig) -> Run:
     # --- prompts and rewards
     train_items, eval_items = _prompt_sets(cfg)
     mixtures = {name: PromptMixture(train_items, cfg.mixture_weights(name)) for name in phases}
-    text_scenarios = sorted(sc for mix in mixtures.values() for sc, outs in mix.outputs().items() if "text" in outs)
-    if "dit" in mixtures:
-        bad = sorted(sc for sc, outs in mixtures["dit"].outputs().items() if "text" in outs)
-        if bad:
-            raise ConfigError(f"the dit phase would draw text-output scenarios {bad} (answered in text, nothing to "
-                              "paint); give the dit phase its own scenario_weights without them (e.g. "
-                              "dit.scenario_weights: {composition: 1.0})")
-    import thinkgen.rl.rollout  # noqa: F401  (the nano rewards are registered there)
-    from .rewards import TEXT_REWARDS
-
-    def check_text_rewards(where: str, spec: tuple[dict, dict], scenarios) -> None:
-        weights, per_scenario = spec
-        for sc in scenarios:
-            used = sorted(k for k, w in per_scenario.get(sc, weights).items() if w != 0)
-            if not used or set(used) - TEXT_REWARDS:
-                raise ConfigError(f"scenario {sc!r} is answered in text (no image), but its {where or 'held-out '}"
-                                  f"rewards are {used}; it needs rewards that read the answer "
-                                  f"({sorted(TEXT_REWARDS)}), e.g. {where}reward_per_scenario: "
-                                  f"{{{sc}: {{nano_answer: 1.0}}}}")
-
-    if "mllm" in mixtures:
-        check_text_rewards("mllm.", cfg.reward_spec("mllm"),
-                           [sc for sc, outs in mixtures["mllm"].outputs().items() if "text" in outs])
-    if eval_items:
-        check_text_rewards("", cfg.reward_spec(None), sorted({it.scenario for it in eval_items if it.output == "text"}))
-    if text_scenarios and cfg.parallel == "fsdp2":
-        raise ConfigError(f"text-output scenarios {text_scenarios} with parallel=fsdp2: their rollouts skip the DiT, "
-                          "so sharded forwards would fall out of step across ranks; use --parallel=ddp or none")
+    _check_text_scenarios(cfg, mixtures, eval_items)
     eval_reward = None
     if eval_items:
         eval_reward = CombinedReward(cfg.reward_weights, cfg.reward_per_scenario, reward_kwargs=cfg.reward_kwargs)
