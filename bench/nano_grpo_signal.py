@@ -13,6 +13,7 @@ wrong (the groups that carry a GRPO advantage). A benchmark script, not a test.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import sys
 
@@ -51,17 +52,18 @@ def main(argv=None) -> int:
     def images(s):
         return [s.input_image()] if und else []
 
-    greedy, agree, checked = [], 0, 0
+    greedy, greedy_text, agree, checked = [], [], 0, 0
     for i in range(0, len(qs), 16):
         b = qs[i:i + 16]
         out = m.think([ask(s) for s in b], [images(s) for s in b], mode=mode, do_sample=False,
                       max_think_tokens=160, max_answer_tokens=answer_tokens)
         greedy += [score_answer(s, a)["correct"] for s, a in zip(b, out.instructions)]
+        greedy_text += [a.strip() for a in out.instructions]
         for s, a in list(zip(b, out.instructions))[:4] if und else []:
             _, chat_answer = split_thoughts(pipe.chat(s.question, images=[s.input_image()], max_new_tokens=128))
             agree += chat_answer.strip() == a.strip()
             checked += 1
-    sampled = []
+    sampled, sampled_text = [], []
     for i in range(0, len(qs), 8):
         b = qs[i:i + 8]
         out = m.think([ask(s) for s in b for _ in range(G)], [images(s) for s in b for _ in range(G)],
@@ -69,11 +71,21 @@ def main(argv=None) -> int:
                       seed=list(range(i * G, i * G + len(b) * G)), max_think_tokens=160,
                       max_answer_tokens=answer_tokens)
         sampled += [score_answer(b[j // G], a)["correct"] for j, a in enumerate(out.instructions)]
+        sampled_text += [a.strip() for a in out.instructions]
     groups = [sampled[q * G:(q + 1) * G] for q in range(len(qs))]
+
+    def vote(q: int, with_greedy: bool) -> bool:
+        answers = sampled_text[q * G:(q + 1) * G] + ([greedy_text[q]] if with_greedy else [])
+        counts = collections.Counter(answers)
+        top = [a for a in counts if counts[a] == max(counts.values())]
+        pick = greedy_text[q] if greedy_text[q] in top else top[0]
+        return bool(score_answer(qs[q], pick)["correct"])
     res = {"model": args.model, "family": args.family, "prompt_seed": seed, "n": len(qs), "group": G,
            "greedy": sum(greedy) / len(qs), "greedy_equals_chat": f"{agree}/{checked}" if und else "n/a",
            "sampled": sum(sampled) / len(sampled),
-           "mixed_groups": sum(0 < sum(g) < G for g in groups) / len(qs)}
+           "mixed_groups": sum(0 < sum(g) < G for g in groups) / len(qs),
+           "vote": sum(vote(q, False) for q in range(len(qs))) / len(qs),
+           "vote_with_greedy": sum(vote(q, True) for q in range(len(qs))) / len(qs)}
     print(json.dumps(res))
     return 0
 

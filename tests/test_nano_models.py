@@ -193,6 +193,7 @@ def test_shipped_checkpoint_loads_and_generates():
     (["train", "--set", "und3_n_qa=0"], "und3_n_qa=0"),
     (["train", "--set", "align_n_dit=0"], "align_n_dit=0"),
     (["train", "--set", "understand3_vqa_ratio=0.95"], "understand3_vqa_ratio=0.95"),
+    (["train", "--preset", "smoke", "--set", "understand3_add_layers=2"], "understand3_add_layers=2"),
     (["eval", "--n-composition", "-3"], "--n-composition=-3"),
     (["eval", "--seeds", "0"], "--seeds=0"),
 ])
@@ -205,3 +206,24 @@ def test_nano_commands_refuse_bad_numbers_before_writing(tmp_path, capsys, argv,
         (train_main if argv[0] == "train" else eval_main)(argv[1:] + ["--out", str(out)])
     assert e.value.code == 2 and needle in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_expanded_mllm_is_written_once_and_atomically(tmp_path):
+    """The recipe's block expansion before phase 3 writes the grown MLLM (+ processor) once; a resumed run reuses it."""
+    from thinkgen.mllm import ThinkGenMLLM, build_tiny_mllm
+    from thinkgen.nano.train import expanded_mllm
+    from thinkgen.processor import ThinkGenProcessor
+    from thinkgen.testing import TINY_WORDS
+    from thinkgen.tokenization import build_tokenizer
+
+    tok = build_tokenizer(TINY_WORDS)
+    start = tmp_path / "start"
+    ThinkGenMLLM(build_tiny_mllm(tok, num_layers=3), ThinkGenProcessor(tok)).save_pretrained(
+        start / "mllm", start / "processor")
+    dst = expanded_mllm(start, tmp_path / "mllm" / "understand3_expanded", 2)
+    cfg = json.loads((dst / "mllm" / "config.json").read_text())
+    assert cfg["text_config"]["num_hidden_layers"] == 5 and (dst / "processor").is_dir()
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["understand3_expanded"]      # no temporary left
+    stamp = (dst / "mllm" / "model.safetensors").stat().st_mtime_ns
+    assert expanded_mllm(start, dst, 2) == dst
+    assert (dst / "mllm" / "model.safetensors").stat().st_mtime_ns == stamp

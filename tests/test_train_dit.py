@@ -355,3 +355,41 @@ def test_lazy_rewriter_bench_data_and_refusals(tmp_path, capsys):
         mod.main(["--run", str(tmp_path / "run"), "--start", str(tmp_path), "--out", str(tmp_path / "out"),
                   "--lazy-rate", "1.5"])
     assert "--lazy-rate=1.5 must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_deepen_bench_grows_the_shipped_mllm_unchanged(tmp_path, capsys):
+    """bench/nano_deepen.py on the shipped nano MLLM: one more layer, features and greedy answers checked equal
+    before writing, mllm/ + processor/ written; an existing output and a bad --add are refused, nothing written."""
+    import json
+
+    from thinkgen.pipeline import default_model_path
+
+    mod = _bench_module("nano_deepen")
+    shipped = default_model_path()
+    assert mod.main(["--start", str(shipped), "--out", str(tmp_path / "deep"), "--add", "1"]) == 0
+    assert "feature max diff 0.00e+00" in capsys.readouterr().out
+    cfg = json.loads((tmp_path / "deep" / "mllm" / "config.json").read_text())
+    n = json.loads((shipped / "mllm" / "config.json").read_text())["text_config"]["num_hidden_layers"]
+    assert cfg["text_config"]["num_hidden_layers"] == n + 1 and (tmp_path / "deep" / "processor").is_dir()
+    assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["mllm", "processor"]
+    for argv, needle in ((["--out", str(tmp_path / "deep"), "--add", "1"], "exists"),
+                         (["--out", str(tmp_path / "d2"), "--add", "0"], "--add=0")):
+        with pytest.raises(SystemExit):
+            mod.main(["--start", str(shipped)] + argv)
+        assert needle in capsys.readouterr().err
+    assert not (tmp_path / "d2").exists()
+
+
+def test_grpo_signal_bench_reports_vote_accuracy(capsys):
+    """bench/nano_grpo_signal.py on the shipped model (2 questions, groups of 2): greedy, sampled, mixed-group and
+    majority-vote accuracies in [0, 1], and the greedy chat-mode answers equal chat()'s."""
+    import json
+
+    mod = _bench_module("nano_grpo_signal")
+    assert mod.main(["--n", "2", "--group", "2"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["greedy_equals_chat"] == "2/2"
+    for k in ("greedy", "sampled", "mixed_groups", "vote", "vote_with_greedy"):
+        assert 0.0 <= res[k] <= 1.0, k
+    with pytest.raises(SystemExit):
+        mod.main(["--n", "2", "--group", "1"])

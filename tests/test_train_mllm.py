@@ -327,3 +327,42 @@ def test_anchor_images_keeps_the_edit_features(assets, mllm, tmp_path):
 
     d_text, d_img = drift(text_only), drift(with_img)
     assert d_img < 0.6 * d_text, (d_img, d_text)
+
+
+def test_block_expansion_keeps_the_function_and_trains(mllm):
+    """expand_mllm_layers: new layers are zeroed copies placed before the last two, so logits (with an image) and
+    the DiT features are unchanged; the new layers then receive gradients; bad sizes are refused."""
+    from PIL import Image
+
+    from thinkgen.mllm import build_prompt, build_tiny_mllm
+    from thinkgen.train.models import expand_mllm_layers, expansion_plan
+
+    assert expansion_plan(4, 2) == [0, None, 1, None, 2, 3]
+    assert expansion_plan(3, 2) == [0, None, None, 1, 2]
+    assert expansion_plan(5, 2) == [0, None, 1, None, 2, 3, 4]
+    for n, add in ((2, 1), (4, 0)):
+        with pytest.raises(ValueError, match=str(n) if n < 3 else "add=0"):
+            expansion_plan(n, add)
+
+    old = ThinkGenMLLM(build_tiny_mllm(mllm.tokenizer, hidden_size=32, num_layers=3, seed=3), mllm.processor)
+    model, order = expand_mllm_layers(old.model, 2)
+    new = ThinkGenMLLM(model, mllm.processor)
+    assert order == [0, None, None, 1, 2] and new.model.config.text_config.num_hidden_layers == 5
+    layers = new.model.model.language_model.layers
+    assert all(not layers[j].self_attn.o_proj.weight.any() and not layers[j].mlp.down_proj.weight.any()
+               for j in (1, 2))
+    assert torch.equal(layers[1].self_attn.q_proj.weight, old.model.model.language_model.layers[0].self_attn.q_proj.weight)
+
+    prompts = ["a red circle", "two blue squares above a green star"]
+    with torch.no_grad():
+        assert torch.allclose(old.encode_instructions(prompts).features, new.encode_instructions(prompts).features,
+                              atol=1e-6)
+        img = Image.new("RGB", (48, 40), (200, 30, 30))
+        batch = mllm.processor([build_prompt(mllm.tokenizer, "what colour is it?", 1, "think")], [[img]])
+        assert torch.allclose(old.model(**batch).logits, new.model(**batch).logits, atol=1e-5)
+    new.model.train()
+    batch = mllm.processor([build_prompt(mllm.tokenizer, "a red circle")])
+    out = new.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["input_ids"])
+    out.loss.backward()
+    assert float(layers[1].self_attn.o_proj.weight.grad.abs().sum()) > 0
+    assert float(layers[2].mlp.down_proj.weight.grad.abs().sum()) > 0

@@ -111,6 +111,9 @@ class Recipe:
     understand3_lr: float = 5e-4
     understand3_think_weight: float = 0.5
     understand3_vqa_ratio: float = 0.7   # share of the batch for the focus VQA (captions 0.1, generation the rest)
+    # block expansion before phase 3: this many new language-model layers (zeroed copies, the model's function and
+    # DiT features unchanged at the start; thinkgen.train.models.expand_mllm_layers) give the lookup more depth
+    understand3_add_layers: int = 0
     align_steps: int = 0         # DiT continuation on the final MLLM's features (ALIGN_MIX), after the eye stages
     align_lr: float = 3e-4
     align_n_dit: int = 40000
@@ -138,6 +141,13 @@ class Recipe:
             raise ValueError(f"recipe understand3_vqa_ratio={self.understand3_vqa_ratio!r} must be in (0, 0.9): "
                              "captions take 0.1 of the batch, generation records the rest (e.g. --set "
                              "understand3_vqa_ratio=0.7)")
+        if self.understand3_add_layers > 0:
+            from thinkgen.nano.models import sizes as nano_sizes
+
+            if (n := nano_sizes(self.sizes).mllm_layers) < 3:
+                raise ValueError(f"recipe understand3_add_layers={self.understand3_add_layers!r} needs an MLLM with "
+                                 f">= 3 decoder layers (sizes {self.sizes!r} has {n}); use --set "
+                                 "understand3_add_layers=0")
         if self.align_steps > 0 and self.align_n_dit < 1:
             raise ValueError(f"recipe align_n_dit={self.align_n_dit!r} must be >= 1 when align_steps > 0 "
                              "(e.g. --set align_n_dit=40000)")
@@ -439,11 +449,32 @@ def stage_understand(out: Path, r: Recipe, seed: int, device: str, overrides: di
         start = vision_final(out)
     name = "understand" if phase == 1 else f"understand{phase}"
     vqa = d / "focus" / "vqa.jsonl" if phase == 3 else d / "vqa.jsonl"
+    if phase == 3 and r.understand3_add_layers > 0:
+        start = expanded_mllm(start, out / "mllm" / "understand3_expanded", r.understand3_add_layers)
     cfg = mllm_sft(**{**eye_sft_fields(r, phase, start, vqa, d, out / "mllm" / name, vision_final(out),
                                        seed=seed + 2 + 2 * phase, lr=lr, steps=steps, think_weight=think_weight,
                                        device=device, vqa_ratio=r.understand3_vqa_ratio if phase == 3 else None),
                       **overrides.get(name, {})})
     return train_mllm(cfg)
+
+
+def expanded_mllm(start: Path, dst: Path, add: int) -> Path:
+    """``start`` (mllm/ + processor/) grown by ``add`` decoder layers (block expansion), written atomically to
+    ``dst``; reused when ``dst`` exists (a resumed run)."""
+    from thinkgen.mllm import ThinkGenMLLM
+    from thinkgen.train.models import expand_mllm_layers
+
+    if (dst / "mllm").is_dir():
+        return dst
+    old = ThinkGenMLLM.from_pretrained(start / "mllm", start / "processor")
+    model, order = expand_mllm_layers(old.model, add)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    ThinkGenMLLM(model, old.processor).save_pretrained(tmp / "mllm", tmp / "processor")
+    os.replace(tmp, dst)
+    _log(f"understand3: MLLM expanded {len(order) - add} -> {len(order)} layers (order {order})")
+    return dst
 
 
 def feature_drift(a, b, prompts: list[str]) -> float:

@@ -6,6 +6,7 @@ A model folder holds ``transformer/`` (ThinkGenTransformer2DModel), ``mllm/`` (Q
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -134,3 +135,48 @@ def write_model_index(root: Path, mllm_class: str = "Qwen3VLForConditionalGenera
         "scheduler": ["thinkgen", "ThinkGenScheduler"],
     }
     (root / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------------- MLLM block expansion
+def expansion_plan(n_layers: int, add: int) -> list[int | None]:
+    """Layer order of a language model grown by ``add`` layers: old layer indices, ``None`` for a new layer. The new
+    layers fill the gaps after layers 0 .. n-3 (earliest gaps first), never the gap between the last two layers: the
+    DiT reads the raw output of layer n-2 and the final norm, so those two must keep their inputs."""
+    if n_layers < 3:
+        raise ValueError(f"block expansion needs >= 3 decoder layers (got {n_layers}): the last two stay adjacent")
+    if add < 1:
+        raise ValueError(f"add={add} must be >= 1 (the number of new decoder layers)")
+    gaps = n_layers - 2
+    per_gap = [add // gaps + (g < add % gaps) for g in range(gaps)]
+    order: list[int | None] = []
+    for i in range(n_layers):
+        order.append(i)
+        if i < gaps:
+            order += [None] * per_gap[i]
+    return order
+
+
+def expand_mllm_layers(model, add: int):
+    """Block expansion (LLaMA-Pro style) of a Qwen3-VL model: a new model with ``add`` more language-model decoder
+    layers, each new one a copy of the layer before it with ``self_attn.o_proj`` and ``mlp.down_proj`` zeroed, so it
+    adds nothing to the residual stream: the new model computes the same logits and DiT features as the old one,
+    and training continues with the extra capacity. Returns ``(new_model, order)`` (see ``expansion_plan``)."""
+    from transformers import Qwen3VLForConditionalGeneration
+
+    cfg = copy.deepcopy(model.config)
+    n = cfg.text_config.num_hidden_layers
+    order = expansion_plan(n, add)
+    cfg.text_config.num_hidden_layers = n + add
+    new = Qwen3VLForConditionalGeneration(cfg).to(next(model.parameters()).dtype).eval()
+    old_layers = model.model.language_model.layers
+    state = {k: v for k, v in model.state_dict().items() if ".language_model.layers." not in k}
+    src = 0
+    for j, i in enumerate(order):
+        src = src if i is None else i              # a new layer copies the last old layer before it
+        for k, v in old_layers[src].state_dict().items():
+            v = v.clone()
+            if i is None and k.rsplit(".", 1)[0] in ("self_attn.o_proj", "mlp.down_proj"):   # weight (and bias)
+                v.zero_()
+            state[f"model.language_model.layers.{j}.{k}"] = v
+    new.load_state_dict(state, strict=True)
+    return new, order
