@@ -3,9 +3,11 @@
 For held-out prompts of a family it answers each greedily the way MLLM-GRPO rollouts do -- understanding through
 ``ThinkGenMLLM.think(mode="chat")`` (and checks that the first 4 of every 16 answers equal ``chat()``'s, the
 inference path), reasoning through ``think(mode="think")`` with the answer after ``</think>`` scored as the painter's
-instruction (``score_answer``) -- then samples G answers per prompt at temperature 1 (sample j of the whole run seeded
-with j) and reports the sampled accuracy and the share of prompts whose G answers are neither all right nor all
-wrong (the groups that carry a GRPO advantage). A benchmark script, not a test.
+instruction (``score_answer``) -- then samples G answers per prompt (``--temperature``, default 1; sample j of the
+whole run seeded with j) and reports the sampled accuracy, the share of prompts whose G answers are neither all right
+nor all wrong (the groups that carry a GRPO advantage) and the accuracy of the G samples' majority answer
+(self-consistency; ``vote_with_greedy`` adds the greedy answer as one more vote; a tie goes to the greedy answer when
+it is among the tied, else to the earliest sample). A benchmark script, not a test.
 
     python bench/nano_grpo_signal.py --model thinkgen/assets/nano --family understanding --n 96 --group 6
     python bench/nano_grpo_signal.py --model runs/lazy/model --family reasoning --n 48 --prompt-seed 7
@@ -27,10 +29,12 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt-seed", type=int, default=None, help="held-out draw seed (default: the eval's)")
     ap.add_argument("--n", type=int, default=96)
     ap.add_argument("--group", type=int, default=6)
+    ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the G answers")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
-    if args.n < 1 or args.group < 2 or args.threads < 1:
-        ap.error(f"need --n >= 1, --group >= 2, --threads >= 1 (got {args.n}, {args.group}, {args.threads})")
+    if args.n < 1 or args.group < 2 or args.threads < 1 or not args.temperature > 0:
+        ap.error(f"need --n >= 1, --group >= 2, --threads >= 1, --temperature > 0 (got {args.n}, {args.group}, "
+                 f"{args.threads}, {args.temperature})")
 
     from thinkgen.mllm import split_thoughts
     from thinkgen.nano.evaluate import EVAL_SEED
@@ -67,7 +71,7 @@ def main(argv=None) -> int:
     for i in range(0, len(qs), 8):
         b = qs[i:i + 8]
         out = m.think([ask(s) for s in b for _ in range(G)], [images(s) for s in b for _ in range(G)],
-                      mode=mode, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                      mode=mode, do_sample=True, temperature=args.temperature, top_p=1.0, top_k=0,
                       seed=list(range(i * G, i * G + len(b) * G)), max_think_tokens=160,
                       max_answer_tokens=answer_tokens)
         sampled += [score_answer(b[j // G], a)["correct"] for j, a in enumerate(out.instructions)]
@@ -81,7 +85,8 @@ def main(argv=None) -> int:
         pick = greedy_text[q] if greedy_text[q] in top else top[0]
         return bool(score_answer(qs[q], pick)["correct"])
     res = {"model": args.model, "family": args.family, "prompt_seed": seed, "n": len(qs), "group": G,
-           "greedy": sum(greedy) / len(qs), "greedy_equals_chat": f"{agree}/{checked}" if und else "n/a",
+           "temperature": args.temperature, "greedy": sum(greedy) / len(qs),
+           "greedy_equals_chat": f"{agree}/{checked}" if und else "n/a",
            "sampled": sum(sampled) / len(sampled),
            "mixed_groups": sum(0 < sum(g) < G for g in groups) / len(qs),
            "vote": sum(vote(q, False) for q in range(len(qs))) / len(qs),
