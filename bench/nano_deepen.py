@@ -36,9 +36,9 @@ def main(argv=None) -> int:
         ap.error(f"{args.out / 'mllm'} exists; choose a new --out")
 
     from thinkgen.mllm import ThinkGenMLLM
-    from thinkgen.train.models import expand_mllm_layers
     from thinkgen.nano.evaluate import EVAL_SEED
     from thinkgen.nano.prompts import generate
+    from thinkgen.train.models import expand_mllm_layers
 
     old = ThinkGenMLLM.from_pretrained(args.start / "mllm", args.start / "processor")
     n = old.model.config.text_config.num_hidden_layers

@@ -393,3 +393,33 @@ def test_grpo_signal_bench_reports_vote_accuracy(capsys):
         assert 0.0 <= res[k] <= 1.0, k
     with pytest.raises(SystemExit):
         mod.main(["--n", "2", "--group", "1"])
+
+
+def test_near_miss_weight_bench(tmp_path, capsys):
+    """bench/nano_near_miss_weight.py: a question is a near miss when an object shares exactly one of the asked colour
+    and kind; near misses are repeated --weight times, the images folder is linked, a bad weight is refused."""
+    import json
+
+    mod = _bench_module("nano_near_miss_weight")
+    cap = "small cyan square top left , large purple star centre , sign AB"
+    assert mod.caption_objects(cap + " ; cyan star none") == [("cyan", "square"), ("purple", "star")]
+    assert mod.near_miss("is there a cyan star?", cap)                    # cyan square / purple star share one
+    assert not mod.near_miss("is there a cyan square?", cap)              # the object itself shares both
+    assert not mod.near_miss("is there a red circle?", cap)               # nothing shares either
+    assert mod.near_miss("is the purple star left of the cyan circle?", cap)
+    assert not mod.near_miss("how many stars are there?", cap)            # counts are left alone
+    src = tmp_path / "a" / "vqa.jsonl"
+    (src.parent / "images").mkdir(parents=True)
+    recs = [{"instruction": "is there a cyan star?", "think": cap}, {"instruction": "where is the cyan square?",
+                                                                       "think": cap}]
+    src.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    dst = tmp_path / "b" / "vqa.jsonl"
+    assert mod.main([str(src), str(dst), "--weight", "3"]) == 0
+    assert [json.loads(ln)["instruction"] for ln in dst.read_text().splitlines()] == \
+        ["is there a cyan star?"] * 3 + ["where is the cyan square?"]
+    assert (dst.parent / "images").resolve() == (src.parent / "images").resolve()
+    for argv, needle in (([str(src), str(dst)], "exists"), ([str(src), str(tmp_path / "c.jsonl"), "--weight", "0"],
+                                                             "--weight=0")):
+        with pytest.raises(SystemExit):
+            mod.main(argv)
+        assert needle in capsys.readouterr().err

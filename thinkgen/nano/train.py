@@ -112,7 +112,8 @@ class Recipe:
     understand3_think_weight: float = 0.5
     understand3_vqa_ratio: float = 0.7   # share of the batch for the focus VQA (captions 0.1, generation the rest)
     # block expansion before phase 3: this many new language-model layers (zeroed copies, the model's function and
-    # DiT features unchanged at the start; thinkgen.train.models.expand_mllm_layers) give the lookup more depth
+    # DiT features unchanged at the start; thinkgen.train.models.expand_mllm_layers). On nano, 2 or 4 more layers
+    # did not lift understanding (bench/results/nano_understanding.md, session 11), so every preset keeps 0
     understand3_add_layers: int = 0
     align_steps: int = 0         # DiT continuation on the final MLLM's features (ALIGN_MIX), after the eye stages
     align_lr: float = 3e-4

@@ -245,7 +245,7 @@ def pretrain_vision(mllm, steps: int, lr: float = 2e-3, batch_size: int = 32, se
         opt.step()
         sched.step()
         if log_every and (step % log_every == 0 or step == steps):
-            log(f"vision pretraining step {step}/{steps} loss {float(loss):.4f} held-out {heldout()} "
+            log(f"vision pretraining step {step}/{steps} loss {float(loss.detach()):.4f} held-out {heldout()} "
                 f"({time.time() - t0:.0f} s)")
     visual.eval()
     for p, w in zip(visual.parameters(), was):
