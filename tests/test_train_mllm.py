@@ -340,8 +340,8 @@ def test_block_expansion_keeps_the_function_and_trains(mllm):
     assert expansion_plan(4, 2) == [0, None, 1, None, 2, 3]
     assert expansion_plan(3, 2) == [0, None, None, 1, 2]
     assert expansion_plan(5, 2) == [0, None, 1, None, 2, 3, 4]
-    for n, add in ((2, 1), (4, 0)):
-        with pytest.raises(ValueError, match=str(n) if n < 3 else "add=0"):
+    for n, add, needle in ((2, 1, r">= 3 decoder layers \(got 2\)"), (4, 0, "add=0 must be >= 1")):
+        with pytest.raises(ValueError, match=needle):
             expansion_plan(n, add)
 
     old = ThinkGenMLLM(build_tiny_mllm(mllm.tokenizer, hidden_size=32, num_layers=3, seed=3), mllm.processor)
