@@ -13,12 +13,8 @@ writing, that the features of a few prompts and greedy answers are unchanged (re
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
 from pathlib import Path
-
-import torch
 
 
 def main(argv=None) -> int:
@@ -32,42 +28,15 @@ def main(argv=None) -> int:
     missing = [str(args.start / d) for d in ("mllm", "processor") if not (args.start / d).is_dir()]
     if missing:
         ap.error(f"missing {missing}: --start must hold mllm/ and processor/ (e.g. thinkgen/assets/nano)")
-    if (args.out / "mllm").exists():
-        ap.error(f"{args.out / 'mllm'} exists; choose a new --out")
+    if args.out.exists() and any(args.out.iterdir()):
+        ap.error(f"{args.out} exists and is not empty; choose a new --out")
 
-    from thinkgen.mllm import ThinkGenMLLM
-    from thinkgen.nano.evaluate import EVAL_SEED
-    from thinkgen.nano.prompts import generate
-    from thinkgen.train.models import expand_mllm_layers
+    from thinkgen.nano.train import expanded_mllm
 
-    old = ThinkGenMLLM.from_pretrained(args.start / "mllm", args.start / "processor")
-    n = old.model.config.text_config.num_hidden_layers
-    if n < 3:
-        ap.error(f"the MLLM has {n} decoder layers; block expansion needs >= 3")
-    model, order = expand_mllm_layers(old.model, args.add)
-    new = ThinkGenMLLM(model, old.processor)
-    prompts = [s.prompt for s in generate("composition", 8, seed=EVAL_SEED, split="heldout")]
-    qs = generate("understanding", 8, seed=EVAL_SEED, split="heldout")
-    with torch.no_grad():
-        fa, fb = old.encode_instructions(prompts).features, new.encode_instructions(prompts).features
-    drift = float((fa - fb).abs().max())
-    a = old.think([s.question for s in qs], [[s.input_image()] for s in qs], mode="chat", do_sample=False,
-                  max_think_tokens=160, max_answer_tokens=16).instructions
-    b = new.think([s.question for s in qs], [[s.input_image()] for s in qs], mode="chat", do_sample=False,
-                  max_think_tokens=160, max_answer_tokens=16).instructions
-    if drift > 1e-5 or a != b:
-        raise SystemExit(f"the deepened model differs (feature max diff {drift:.2e}, answers equal {a == b}); "
-                         "nothing written")
-    tmp = args.out / ".deepen.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    new.save_pretrained(tmp / "mllm", tmp / "processor")
-    args.out.mkdir(parents=True, exist_ok=True)
-    for d in ("mllm", "processor"):
-        os.replace(tmp / d, args.out / d)
-    tmp.rmdir()
-    print(f"{n} -> {n + args.add} layers (order {order}); feature max diff {drift:.2e}; "
-          f"{len(a)} greedy answers equal; wrote {args.out}")
+    try:
+        expanded_mllm(args.start, args.out, args.add)
+    except ValueError as e:          # fewer than 3 layers
+        ap.error(str(e))
     return 0
 
 

@@ -460,21 +460,38 @@ def stage_understand(out: Path, r: Recipe, seed: int, device: str, overrides: di
 
 
 def expanded_mllm(start: Path, dst: Path, add: int) -> Path:
-    """``start`` (mllm/ + processor/) grown by ``add`` decoder layers (block expansion), written atomically to
-    ``dst``; reused when ``dst`` exists (a resumed run)."""
+    """``start`` (mllm/ + processor/) grown by ``add`` decoder layers (block expansion), checked to give the same DiT
+    features (8 held-out composition prompts) and the same greedy answers (8 held-out questions) as ``start``, then
+    written atomically to ``dst``; reused when ``dst/mllm`` exists (a resumed run). Nothing is written if the check
+    fails; ``ValueError`` for a model with < 3 layers or ``add`` < 1."""
+    from thinkgen.errors import CheckpointError
     from thinkgen.mllm import ThinkGenMLLM
+    from thinkgen.nano.evaluate import EVAL_SEED
+    from thinkgen.nano.prompts import generate
     from thinkgen.train.models import expand_mllm_layers
 
     if (dst / "mllm").is_dir():
         return dst
     old = ThinkGenMLLM.from_pretrained(start / "mllm", start / "processor")
     model, order = expand_mllm_layers(old.model, add)
+    new = ThinkGenMLLM(model, old.processor)
+    prompts = [s.prompt for s in generate("composition", 8, seed=EVAL_SEED, split="heldout")]
+    qs = generate("understanding", 8, seed=EVAL_SEED, split="heldout")
+    with torch.no_grad():
+        fa, fb = old.encode_instructions(prompts).features, new.encode_instructions(prompts).features
+    drift = float((fa - fb).abs().max())
+    answers = [m.think([q.question for q in qs], [[q.input_image()] for q in qs], mode="chat", do_sample=False,
+                       max_think_tokens=160, max_answer_tokens=16).instructions for m in (old, new)]
+    if drift > 1e-5 or answers[0] != answers[1]:
+        raise CheckpointError(f"the expanded MLLM differs from {start} (feature max diff {drift:.2e}, greedy answers "
+                              f"equal {answers[0] == answers[1]}); nothing written")
     tmp = dst.with_name(f".{dst.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    ThinkGenMLLM(model, old.processor).save_pretrained(tmp / "mllm", tmp / "processor")
+    new.save_pretrained(tmp / "mllm", tmp / "processor")
     os.replace(tmp, dst)
-    _log(f"understand3: MLLM expanded {len(order) - add} -> {len(order)} layers (order {order})")
+    _log(f"MLLM expanded {len(order) - add} -> {len(order)} layers (order {order}); feature max diff {drift:.2e}; "
+         f"{len(qs)} greedy answers equal; wrote {dst}")
     return dst
 
 
