@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
-_ASKED = [re.compile(p) for p in (r"^where is the (\w+) (\w+) ?\?$", r"^is there a (\w+) (\w+) ?\?$",
-                                  r"^is the (\w+) (\w+) small or large ?\?$",
-                                  r"^is the (\w+) (\w+) (?:left of|right of|above|below) the (\w+) (\w+) ?\?$")]
+from thinkgen.nano import vision as V
 
 
 def caption_objects(think: str) -> list[tuple[str, str]]:
@@ -32,12 +29,14 @@ def caption_objects(think: str) -> list[tuple[str, str]]:
 
 
 def near_miss(question: str, think: str) -> bool:
-    for pat in _ASKED:
-        if m := pat.match(" ".join(question.split())):
-            g = m.groups()
-            asked = [(g[i], g[i + 1]) for i in range(0, len(g), 2)]
-            return any((c == ac) != (k == ak) for ac, ak in asked for c, k in caption_objects(think))
-    return False
+    q = " ".join(question.split())
+    if m := V._WHERE.match(q) or V._EXISTS.match(q) or V._SIZE.match(q):
+        asked = [m.group(1, 2)]
+    elif m := V._POSITION.match(q):
+        asked = [m.group(1, 2), m.group(4, 5)]
+    else:
+        return False
+    return any((c == ac) != (k == ak) for ac, ak in asked for c, k in caption_objects(think))
 
 
 def main(argv=None) -> int:
