@@ -5,7 +5,13 @@ new layers go after layers ``0 .. n-3``, spread evenly, never between the last t
 layer ``n-2`` and the final norm, and those keep their inputs, so the DiT features are unchanged too. Training then
 continues (e.g. ``bench/nano_focus_phase.py --start OUT``) with the extra capacity.
 
+It can also widen every decoder layer (``thinkgen.train.models.widen_mllm``): ``--head-factor K`` gives K times the
+attention heads (query and key/value heads alike, head size unchanged) and ``--intermediate N`` an MLP of N units;
+the new heads' and units' output projections are zero, so again nothing changes until training. The residual width
+(which the DiT reads) stays.
+
     python bench/nano_deepen.py --start thinkgen/assets/nano --out runs/deep6 --add 2
+    python bench/nano_deepen.py --start thinkgen/assets/nano --out runs/wide --head-factor 2 --intermediate 512
 
 ``--start`` holds ``mllm/`` and ``processor/``; writes ``OUT/mllm`` and ``OUT/processor`` atomically and checks, before
 writing, that the features of a few prompts and greedy answers are unchanged (refuses to write otherwise).
@@ -21,10 +27,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--start", type=Path, required=True, help="folder with mllm/ and processor/")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--add", type=int, required=True, help="number of new decoder layers")
+    ap.add_argument("--add", type=int, default=0, help="number of new decoder layers")
+    ap.add_argument("--head-factor", type=int, default=1, help="multiply the attention (and key/value) heads by K")
+    ap.add_argument("--intermediate", type=int, default=None, help="new MLP width (>= the model's)")
     args = ap.parse_args(argv)
-    if args.add < 1:
-        ap.error(f"--add={args.add} must be >= 1")
+    if args.add < 0 or args.head_factor < 1:
+        ap.error(f"--add={args.add} must be >= 0 and --head-factor={args.head_factor} >= 1")
+    if args.add == 0 and args.head_factor == 1 and args.intermediate is None:
+        ap.error("nothing to grow: give --add N (new layers), --head-factor K (> 1) and/or --intermediate N")
     missing = [str(args.start / d) for d in ("mllm", "processor") if not (args.start / d).is_dir()]
     if missing:
         ap.error(f"missing {missing}: --start must hold mllm/ and processor/ (e.g. thinkgen/assets/nano)")
@@ -34,8 +44,8 @@ def main(argv=None) -> int:
     from thinkgen.nano.train import expanded_mllm
 
     try:
-        expanded_mllm(args.start, args.out, args.add)
-    except ValueError as e:          # fewer than 3 layers
+        expanded_mllm(args.start, args.out, args.add, args.head_factor, args.intermediate)
+    except ValueError as e:          # fewer than 3 layers, or a smaller MLP
         ap.error(str(e))
     return 0
 

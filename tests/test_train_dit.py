@@ -358,8 +358,9 @@ def test_lazy_rewriter_bench_data_and_refusals(tmp_path, capsys):
 
 
 def test_deepen_bench_grows_the_shipped_mllm_unchanged(tmp_path, capsys):
-    """bench/nano_deepen.py on the shipped nano MLLM: one more layer, features and greedy answers checked equal
-    before writing, mllm/ + processor/ written; an existing output and a bad --add are refused, nothing written."""
+    """bench/nano_deepen.py on the shipped nano MLLM: one more layer, or twice the heads and a wider MLP; features
+    and greedy answers checked equal before writing, mllm/ + processor/ written; an existing output, nothing to grow,
+    a bad --head-factor and a shrinking MLP are refused, nothing written."""
     import json
 
     from thinkgen.pipeline import default_model_path
@@ -372,8 +373,17 @@ def test_deepen_bench_grows_the_shipped_mllm_unchanged(tmp_path, capsys):
     n = json.loads((shipped / "mllm" / "config.json").read_text())["text_config"]["num_hidden_layers"]
     assert cfg["text_config"]["num_hidden_layers"] == n + 1 and (tmp_path / "deep" / "processor").is_dir()
     assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["mllm", "processor"]
+    assert mod.main(["--start", str(shipped), "--out", str(tmp_path / "wide"), "--head-factor", "2",
+                     "--intermediate", "512"]) == 0
+    assert "8 greedy answers equal" in capsys.readouterr().out
+    tc = json.loads((tmp_path / "wide" / "mllm" / "config.json").read_text())["text_config"]
+    old = json.loads((shipped / "mllm" / "config.json").read_text())["text_config"]
+    assert (tc["num_attention_heads"], tc["num_key_value_heads"], tc["intermediate_size"]) == (
+        2 * old["num_attention_heads"], 2 * old["num_key_value_heads"], 512)
     for argv, needle in ((["--out", str(tmp_path / "deep"), "--add", "1"], "exists"),
-                         (["--out", str(tmp_path / "d2"), "--add", "0"], "--add=0")):
+                         (["--out", str(tmp_path / "d2"), "--add", "0"], "nothing to grow"),
+                         (["--out", str(tmp_path / "d2"), "--head-factor", "0"], "--head-factor=0 >= 1"),
+                         (["--out", str(tmp_path / "d2"), "--intermediate", "8"], "intermediate_size=8 is below")):
         with pytest.raises(SystemExit):
             mod.main(["--start", str(shipped)] + argv)
         assert needle in capsys.readouterr().err

@@ -329,12 +329,29 @@ def test_anchor_images_keeps_the_edit_features(assets, mllm, tmp_path):
     assert d_img < 0.6 * d_text, (d_img, d_text)
 
 
+def _same_function_then_backward(mllm, old, new, feature_atol: float) -> None:
+    """A grown MLLM ``new`` gives ``old``'s DiT features and logits (with an image); then one LM loss backward."""
+    from PIL import Image
+
+    from thinkgen.mllm import build_prompt
+
+    prompts = ["a red circle", "two blue squares above a green star"]
+    with torch.no_grad():
+        assert torch.allclose(old.encode_instructions(prompts).features, new.encode_instructions(prompts).features,
+                              atol=feature_atol)
+        img = Image.new("RGB", (48, 40), (200, 30, 30))
+        batch = mllm.processor([build_prompt(mllm.tokenizer, "what colour is it?", 1, "think")], [[img]])
+        assert torch.allclose(old.model(**batch).logits, new.model(**batch).logits, atol=1e-5)
+    new.model.train()
+    batch = mllm.processor([build_prompt(mllm.tokenizer, "a red circle")])
+    out = new.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["input_ids"])
+    out.loss.backward()
+
+
 def test_block_expansion_keeps_the_function_and_trains(mllm):
     """expand_mllm_layers: new layers are zeroed copies placed before the last two, so logits (with an image) and
     the DiT features are unchanged; the new layers then receive gradients; bad sizes are refused."""
-    from PIL import Image
-
-    from thinkgen.mllm import build_prompt, build_tiny_mllm
+    from thinkgen.mllm import build_tiny_mllm
     from thinkgen.train.models import expand_mllm_layers, expansion_plan
 
     assert expansion_plan(4, 2) == [0, None, 1, None, 2, 3]
@@ -353,16 +370,34 @@ def test_block_expansion_keeps_the_function_and_trains(mllm):
                for j in (1, 2))
     assert torch.equal(layers[1].self_attn.q_proj.weight, old.model.model.language_model.layers[0].self_attn.q_proj.weight)
 
-    prompts = ["a red circle", "two blue squares above a green star"]
-    with torch.no_grad():
-        assert torch.allclose(old.encode_instructions(prompts).features, new.encode_instructions(prompts).features,
-                              atol=1e-6)
-        img = Image.new("RGB", (48, 40), (200, 30, 30))
-        batch = mllm.processor([build_prompt(mllm.tokenizer, "what colour is it?", 1, "think")], [[img]])
-        assert torch.allclose(old.model(**batch).logits, new.model(**batch).logits, atol=1e-5)
-    new.model.train()
-    batch = mllm.processor([build_prompt(mllm.tokenizer, "a red circle")])
-    out = new.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["input_ids"])
-    out.loss.backward()
+    _same_function_then_backward(mllm, old, new, feature_atol=1e-6)
     assert float(layers[1].self_attn.o_proj.weight.grad.abs().sum()) > 0
     assert float(layers[2].mlp.down_proj.weight.grad.abs().sum()) > 0
+
+
+def test_width_expansion_keeps_the_function_and_trains(mllm):
+    """widen_mllm: twice the query and key/value heads and a wider MLP, new output columns zero, so logits (with an
+    image) and DiT features are unchanged; the new columns get gradients; nothing to widen / a shrinking MLP refused."""
+    from thinkgen.mllm import build_tiny_mllm
+    from thinkgen.train.models import widen_mllm
+
+    old = ThinkGenMLLM(build_tiny_mllm(mllm.tokenizer, hidden_size=32, num_layers=2, seed=3), mllm.processor)
+    tc = old.model.config.text_config
+    heads, kv, inter, hd = tc.num_attention_heads, tc.num_key_value_heads, tc.intermediate_size, tc.head_dim
+    for kw, needle in (({}, "nothing to widen"), ({"head_factor": 0}, "head_factor=0 must be >= 1"),
+                       ({"intermediate_size": inter - 1}, f"intermediate_size={inter - 1} is below")):
+        with pytest.raises(ValueError, match=needle):
+            widen_mllm(old.model, **kw)
+    new = ThinkGenMLLM(widen_mllm(old.model, 2, 2 * inter), mllm.processor)
+    ntc = new.model.config.text_config
+    assert (ntc.num_attention_heads, ntc.num_key_value_heads, ntc.intermediate_size) == (2 * heads, 2 * kv, 2 * inter)
+    layer, src = new.model.model.language_model.layers[0], old.model.model.language_model.layers[0]
+    assert layer.self_attn.q_proj.weight.shape == (2 * heads * hd, tc.hidden_size)
+    assert torch.equal(layer.self_attn.q_proj.weight[: heads * hd], src.self_attn.q_proj.weight)
+    assert torch.equal(layer.self_attn.k_proj.weight[: kv * hd], src.self_attn.k_proj.weight)
+    assert not layer.self_attn.o_proj.weight[:, heads * hd:].any() and not layer.mlp.down_proj.weight[:, inter:].any()
+    assert layer.self_attn.q_proj.weight[heads * hd:].std() > 0 and layer.mlp.up_proj.weight[inter:].std() > 0
+
+    _same_function_then_backward(mllm, old, new, feature_atol=1e-5)
+    assert float(layer.self_attn.o_proj.weight.grad[:, heads * hd:].abs().sum()) > 0
+    assert float(layer.mlp.down_proj.weight.grad[:, inter:].abs().sum()) > 0

@@ -459,21 +459,31 @@ def stage_understand(out: Path, r: Recipe, seed: int, device: str, overrides: di
     return train_mllm(cfg)
 
 
-def expanded_mllm(start: Path, dst: Path, add: int) -> Path:
-    """``start`` (mllm/ + processor/) grown by ``add`` decoder layers (block expansion), checked to give the same DiT
-    features (8 held-out composition prompts) and the same greedy answers (8 held-out questions) as ``start``, then
-    written atomically to ``dst``; reused when ``dst/mllm`` exists (a resumed run). Nothing is written if the check
-    fails; ``ValueError`` for a model with < 3 layers or ``add`` < 1."""
+def expanded_mllm(start: Path, dst: Path, add: int = 0, head_factor: int = 1, intermediate_size: int | None = None
+                  ) -> Path:
+    """``start`` (mllm/ + processor/) grown by ``add`` decoder layers (block expansion) and/or widened
+    (``head_factor`` times the attention heads, an MLP of ``intermediate_size`` units; ``widen_mllm``), checked to
+    give the same DiT features (8 held-out composition prompts) and the same greedy answers (8 held-out questions) as
+    ``start``, then written atomically to ``dst``; reused when ``dst/mllm`` exists (a resumed run). Nothing is
+    written if the check fails; ``ValueError`` for nothing to grow, a deepening of a model with < 3 layers, or a
+    widening that would shrink the MLP."""
     from thinkgen.errors import CheckpointError
     from thinkgen.mllm import ThinkGenMLLM
     from thinkgen.nano.evaluate import EVAL_SEED
     from thinkgen.nano.prompts import generate
-    from thinkgen.train.models import expand_mllm_layers
+    from thinkgen.train.models import expand_mllm_layers, widen_mllm
 
     if (dst / "mllm").is_dir():
         return dst
+    widen = head_factor != 1 or intermediate_size is not None
+    if add == 0 and not widen:
+        raise ValueError("nothing to grow: give add >= 1 new layers, head_factor > 1 or a larger intermediate_size")
     old = ThinkGenMLLM.from_pretrained(start / "mllm", start / "processor")
-    model, order = expand_mllm_layers(old.model, add)
+    model, order = old.model, list(range(old.model.config.text_config.num_hidden_layers))
+    if add:
+        model, order = expand_mllm_layers(model, add)
+    if widen:
+        model = widen_mllm(model, head_factor, intermediate_size)
     new = ThinkGenMLLM(model, old.processor)
     prompts = [s.prompt for s in generate("composition", 8, seed=EVAL_SEED, split="heldout")]
     qs = generate("understanding", 8, seed=EVAL_SEED, split="heldout")
@@ -490,7 +500,9 @@ def expanded_mllm(start: Path, dst: Path, add: int) -> Path:
         shutil.rmtree(tmp)
     new.save_pretrained(tmp / "mllm", tmp / "processor")
     os.replace(tmp, dst)
-    _log(f"MLLM expanded {len(order) - add} -> {len(order)} layers (order {order}); feature max diff {drift:.2e}; "
+    tc = model.config.text_config
+    _log(f"MLLM grown to {len(order)} layers (order {order}), {tc.num_attention_heads} heads / "
+         f"{tc.num_key_value_heads} kv heads, MLP {tc.intermediate_size}; feature max diff {drift:.2e}; "
          f"{len(qs)} greedy answers equal; wrote {dst}")
     return dst
 

@@ -180,3 +180,56 @@ def expand_mllm_layers(model, add: int):
             state[f"model.language_model.layers.{j}.{k}"] = v
     new.load_state_dict(state, strict=True)
     return new, order
+
+
+def widen_mllm(model, head_factor: int = 1, intermediate_size: int | None = None, seed: int = 0):
+    """Width expansion of a Qwen3-VL language model that keeps its function: every decoder layer gets
+    ``head_factor`` times the attention heads (query AND key/value heads, so each old query head still reads its old
+    key/value head) and an MLP of ``intermediate_size`` units. The new heads' and units' input projections
+    (q/k/v, gate/up) are drawn at the model's ``initializer_range``; their output projections (the new columns of
+    ``o_proj`` and ``down_proj``) are zero, so the residual stream -- hence logits and DiT features -- is what it was,
+    while the new parts get gradients at once. The residual width (``hidden_size``) and head size do not change.
+    Returns a new model; the old one is untouched."""
+    from transformers import Qwen3VLForConditionalGeneration
+
+    tc = model.config.text_config
+    heads, kv, inter = tc.num_attention_heads, tc.num_key_value_heads, tc.intermediate_size
+    new_inter = inter if intermediate_size is None else int(intermediate_size)
+    if head_factor < 1:
+        raise ValueError(f"head_factor={head_factor} must be >= 1 (1 keeps the heads)")
+    if new_inter < inter:
+        raise ValueError(f"intermediate_size={new_inter} is below the model's {inter}: widening cannot shrink the MLP")
+    if head_factor == 1 and new_inter == inter:
+        raise ValueError("nothing to widen: give head_factor > 1 or an intermediate_size above "
+                         f"{inter}")
+    cfg = copy.deepcopy(model.config)
+    cfg.text_config.num_attention_heads = heads * head_factor
+    cfg.text_config.num_key_value_heads = kv * head_factor
+    cfg.text_config.intermediate_size = new_inter
+    dtype = next(model.parameters()).dtype
+    new = Qwen3VLForConditionalGeneration(cfg).to(dtype).eval()
+    gen = torch.Generator().manual_seed(seed)
+    std = float(getattr(tc, "initializer_range", 0.02))
+    hd = tc.head_dim
+
+    def grow_rows(w: torch.Tensor, rows: int) -> torch.Tensor:      # [out, in] -> [rows, in], new rows random
+        extra = torch.randn(rows - w.shape[0], w.shape[1], generator=gen, dtype=torch.float32) * std
+        return torch.cat([w, extra.to(w.dtype)], 0)
+
+    def grow_cols(w: torch.Tensor, cols: int) -> torch.Tensor:      # [out, in] -> [out, cols], new columns zero
+        return torch.cat([w, w.new_zeros(w.shape[0], cols - w.shape[1])], 1)
+
+    state = dict(model.state_dict())
+    for i in range(tc.num_hidden_layers):
+        p = f"model.language_model.layers.{i}."
+        for name, rows in (("self_attn.q_proj", heads * head_factor * hd), ("self_attn.k_proj", kv * head_factor * hd),
+                           ("self_attn.v_proj", kv * head_factor * hd), ("mlp.gate_proj", new_inter),
+                           ("mlp.up_proj", new_inter)):
+            state[p + name + ".weight"] = grow_rows(state[p + name + ".weight"], rows)
+            if p + name + ".bias" in state:
+                b = state[p + name + ".bias"]
+                state[p + name + ".bias"] = torch.cat([b, b.new_zeros(rows - b.shape[0])])
+        state[p + "self_attn.o_proj.weight"] = grow_cols(state[p + "self_attn.o_proj.weight"], heads * head_factor * hd)
+        state[p + "mlp.down_proj.weight"] = grow_cols(state[p + "mlp.down_proj.weight"], new_inter)
+    new.load_state_dict(state, strict=True)
+    return new
