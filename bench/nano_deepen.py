@@ -8,7 +8,8 @@ continues (e.g. ``bench/nano_focus_phase.py --start OUT``) with the extra capaci
 It can also widen every decoder layer (``thinkgen.train.models.widen_mllm``): ``--head-factor K`` gives K times the
 attention heads (query and key/value heads alike, head size unchanged) and ``--intermediate N`` an MLP of N units;
 the new heads' and units' output projections are zero, so again nothing changes until training. The residual width
-(which the DiT reads) stays.
+(which the DiT reads) stays. ``--binding-tokens`` appends one token per colour-kind binding word ("cyanstar"; the
+thoughts of ``bench/nano_focus_phase.py --binding``), each starting as the mean of its two words' embeddings.
 
     python bench/nano_deepen.py --start thinkgen/assets/nano --out runs/deep6 --add 2
     python bench/nano_deepen.py --start thinkgen/assets/nano --out runs/wide --head-factor 2 --intermediate 512
@@ -30,11 +31,14 @@ def main(argv=None) -> int:
     ap.add_argument("--add", type=int, default=0, help="number of new decoder layers")
     ap.add_argument("--head-factor", type=int, default=1, help="multiply the attention (and key/value) heads by K")
     ap.add_argument("--intermediate", type=int, default=None, help="new MLP width (>= the model's)")
+    ap.add_argument("--binding-tokens", action="store_true",
+                    help="add one token per colour-kind binding word (thinkgen.nano.vision.BINDING_WORDS)")
     args = ap.parse_args(argv)
     if args.add < 0 or args.head_factor < 1:
         ap.error(f"--add={args.add} must be >= 0 and --head-factor={args.head_factor} >= 1")
-    if args.add == 0 and args.head_factor == 1 and args.intermediate is None:
-        ap.error("nothing to grow: give --add N (new layers), --head-factor K (> 1) and/or --intermediate N")
+    if args.add == 0 and args.head_factor == 1 and args.intermediate is None and not args.binding_tokens:
+        ap.error("nothing to grow: give --add N (new layers), --head-factor K (> 1), --intermediate N and/or "
+                 "--binding-tokens")
     missing = [str(args.start / d) for d in ("mllm", "processor") if not (args.start / d).is_dir()]
     if missing:
         ap.error(f"missing {missing}: --start must hold mllm/ and processor/ (e.g. thinkgen/assets/nano)")
@@ -44,8 +48,8 @@ def main(argv=None) -> int:
     from thinkgen.nano.train import expanded_mllm
 
     try:
-        expanded_mllm(args.start, args.out, args.add, args.head_factor, args.intermediate)
-    except ValueError as e:          # fewer than 3 layers, or a smaller MLP
+        expanded_mllm(args.start, args.out, args.add, args.head_factor, args.intermediate, args.binding_tokens)
+    except ValueError as e:          # fewer than 3 layers, a smaller MLP, binding words already tokens
         ap.error(str(e))
     return 0
 

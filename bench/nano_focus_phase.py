@@ -29,6 +29,8 @@ def main(argv=None) -> int:
     ap.add_argument("--categories", default="", help="comma list of understanding categories (repeats = weight)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--data-only", action="store_true")
+    ap.add_argument("--binding", action="store_true",
+                    help="focus thoughts with binding words (start from `nano_deepen.py --binding-tokens`)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--start", type=Path, required=True)
     ap.add_argument("--data-seed", type=int, required=True)
@@ -59,6 +61,17 @@ def main(argv=None) -> int:
         ap.error(f"missing {missing}: --run must be a `thinkgen train nano` folder with the eye stages done (or "
                  "--anchor a folder with mllm/ + processor/ and --und one with captions.jsonl + sft_gen.jsonl) and "
                  "--start a folder with mllm/ and processor/")
+    if args.binding:
+        import json
+
+        from thinkgen.nano.vision import BINDING_WORDS
+
+        tok = json.loads((args.start / "processor" / "tokenizer.json").read_text())
+        have = {t["content"] for t in tok.get("added_tokens", [])} | set(tok["model"]["vocab"])
+        lacking = [w for w in BINDING_WORDS if " " + w not in have and "Ġ" + w not in have]
+        if lacking:
+            ap.error(f"--binding needs the binding words as tokens, but {args.start}/processor lacks {lacking[:3]}...: "
+                     f"first run `python bench/nano_deepen.py --start {args.start} --out NEW --binding-tokens`")
     from thinkgen.nano.prompts import CATEGORIES
 
     cats = tuple(c for c in args.categories.split(",") if c) or None
@@ -74,7 +87,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     data = args.out / "data"
     if not (data / "vqa.jsonl").is_file():
-        write_understanding_data(data, args.n_qa, 0, seed=args.data_seed, focus=True, categories=cats)
+        write_understanding_data(data, args.n_qa, 0, seed=args.data_seed, focus=True, categories=cats,
+                                 binding=args.binding)
     if args.data_only:
         return 0
     cfg = mllm_sft(**eye_sft_fields(RECIPES["quick"], 3, args.start, data / "vqa.jsonl", und,

@@ -28,6 +28,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="thinkgen/assets/nano")
     ap.add_argument("--n", type=int, default=288, help="held-out questions (the eval's seed and split)")
     ap.add_argument("--thought", choices=["caption", "focus"], default="focus", help="the gold thought to force")
+    ap.add_argument("--binding", action="store_true", help="gold thoughts with binding words (a --binding model)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="JSON file (meta, summary, rows)")
     args = ap.parse_args(argv)
@@ -55,7 +56,8 @@ def main(argv=None) -> int:
     for s in generate("understanding", args.n, seed=EVAL_SEED, split="heldout"):
         img = s.input_image()
         thought, answer = split_thoughts(pipe.chat(s.question, images=[img], max_new_tokens=128))
-        gold = focus_thought(s.input_scene, s.question) if args.thought == "focus" else scene_caption(s.input_scene)
+        gold = (focus_thought(s.input_scene, s.question, args.binding) if args.thought == "focus"
+                else scene_caption(s.input_scene, args.binding))
         msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": s.question}]}]
         # the trained format: the model itself emits the blank line after </think>
         prompt = m.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)

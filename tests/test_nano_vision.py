@@ -78,6 +78,22 @@ def test_focus_thought_restates_the_key_next_to_its_answer():
         assert focus_thought(scene(), q) == cap
 
 
+def test_binding_words_bind_colour_and_kind_in_caption_and_keys():
+    from thinkgen.nano.vision import BINDING_WORDS, binding_word
+
+    assert binding_word("cyan", "star") == "cyanstar" and BINDING_WORDS["cyanstar"] == "cyan star"
+    assert len(BINDING_WORDS) == len(W.COLOUR_NAMES) * len(W.KINDS)
+    cap = scene_caption(scene(), binding=True)
+    assert cap == "large red square redsquare top left , small blue circle bluecircle middle right , sign AB"
+    assert focus_thought(scene(), "where is the blue circle?", binding=True) == cap + " ; blue circle bluecircle middle right"
+    assert focus_thought(scene(), "is there a red circle?", binding=True) == cap + " ; red circle redcircle none"
+    assert focus_thought(scene(), "is the red square small or large?", binding=True) == cap + " ; red square large"
+    assert focus_thought(scene(), "is the red square left of the blue circle?", binding=True) == \
+        cap + " ; red square redsquare top left ; blue circle bluecircle middle right ; left of yes , right of no , " \
+        "above no , below no ; left of yes"
+    assert focus_thought(scene(), "what does the sign say?", binding=True) == cap
+
+
 def test_understanding_data_focus_thoughts(tmp_path):
     from thinkgen.nano.prompts import generate
 
@@ -87,6 +103,9 @@ def test_understanding_data_focus_thoughts(tmp_path):
     assert [r["instruction"] for r in vqa] == [s.question for s in samples]
     assert [r["think"] for r in vqa] == [focus_thought(s.input_scene, s.question) for s in samples]
     assert any(" ; " in r["think"] for r in vqa)
+    bound = write_understanding_data(tmp_path / "bound", 40, 0, seed=3, focus=True, binding=True)
+    vqa = [json.loads(x) for x in bound["vqa"].read_text().splitlines()]
+    assert [r["think"] for r in vqa] == [focus_thought(s.input_scene, s.question, True) for s in samples]
 
 
 def test_understanding_data_category_order_weights_the_share(tmp_path):

@@ -365,6 +365,8 @@ def test_deepen_bench_grows_the_shipped_mllm_unchanged(tmp_path, capsys):
 
     from thinkgen.pipeline import default_model_path
 
+    from thinkgen.nano.vision import BINDING_WORDS
+
     mod = _bench_module("nano_deepen")
     shipped = default_model_path()
     assert mod.main(["--start", str(shipped), "--out", str(tmp_path / "deep"), "--add", "1"]) == 0
@@ -374,12 +376,21 @@ def test_deepen_bench_grows_the_shipped_mllm_unchanged(tmp_path, capsys):
     assert cfg["text_config"]["num_hidden_layers"] == n + 1 and (tmp_path / "deep" / "processor").is_dir()
     assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["mllm", "processor"]
     assert mod.main(["--start", str(shipped), "--out", str(tmp_path / "wide"), "--head-factor", "2",
-                     "--intermediate", "512"]) == 0
+                     "--intermediate", "512", "--binding-tokens"]) == 0
     assert "8 greedy answers equal" in capsys.readouterr().out
     tc = json.loads((tmp_path / "wide" / "mllm" / "config.json").read_text())["text_config"]
     old = json.loads((shipped / "mllm" / "config.json").read_text())["text_config"]
-    assert (tc["num_attention_heads"], tc["num_key_value_heads"], tc["intermediate_size"]) == (
-        2 * old["num_attention_heads"], 2 * old["num_key_value_heads"], 512)
+    assert (tc["num_attention_heads"], tc["num_key_value_heads"], tc["intermediate_size"], tc["vocab_size"]) == (
+        2 * old["num_attention_heads"], 2 * old["num_key_value_heads"], 512, old["vocab_size"] + len(BINDING_WORDS))
+    # the focus phase with binding thoughts refuses a start whose tokenizer lacks the binding words, before writing
+    phase = _bench_module("nano_focus_phase")
+    for f in ("captions.jsonl", "sft_gen.jsonl"):
+        (tmp_path / "und").mkdir(exist_ok=True)
+        (tmp_path / "und" / f).write_text("")
+    with pytest.raises(SystemExit):
+        phase.main(["--anchor", str(shipped), "--und", str(tmp_path / "und"), "--start", str(shipped), "--out",
+                    str(tmp_path / "f"), "--data-seed", "1", "--binding"])
+    assert "--binding needs the binding words as tokens" in capsys.readouterr().err and not (tmp_path / "f").exists()
     for argv, needle in ((["--out", str(tmp_path / "deep"), "--add", "1"], "exists"),
                          (["--out", str(tmp_path / "d2"), "--add", "0"], "nothing to grow"),
                          (["--out", str(tmp_path / "d2"), "--head-factor", "0"], "--head-factor=0 >= 1"),

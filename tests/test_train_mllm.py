@@ -401,3 +401,28 @@ def test_width_expansion_keeps_the_function_and_trains(mllm):
     _same_function_then_backward(mllm, old, new, feature_atol=1e-5)
     assert float(layer.self_attn.o_proj.weight.grad[:, heads * hd:].abs().sum()) > 0
     assert float(layer.mlp.down_proj.weight.grad[:, inter:].abs().sum()) > 0
+
+
+def test_add_word_tokens_appends_ids_and_keeps_the_rest(mllm):
+    """add_word_tokens: one token per new word after the old ids, new embedding rows start as the mean of the
+    words they bind, old rows and the features of old text unchanged; a word that already is one token is refused."""
+    import copy
+
+    from thinkgen.mllm import build_tiny_mllm
+    from thinkgen.train.models import add_word_tokens
+
+    old = ThinkGenMLLM(build_tiny_mllm(mllm.tokenizer, hidden_size=32, num_layers=2, seed=3), mllm.processor)
+    proc, model = copy.deepcopy(mllm.processor), copy.deepcopy(old.model)
+    n = model.get_input_embeddings().weight.shape[0]
+    with pytest.raises(ValueError, match="'red' already is one token"):
+        add_word_tokens(model, proc.tokenizer, ["red"])
+    ids = add_word_tokens(model, proc.tokenizer, ["redcircle"], {"redcircle": "red circle"})
+    assert ids == [n] and proc.tokenizer.tokenize(" a redcircle") == proc.tokenizer.tokenize(" a") + [" redcircle"]
+    assert model.config.text_config.vocab_size == n + 1
+    src = proc.tokenizer(" red circle", add_special_tokens=False)["input_ids"]
+    emb = model.get_input_embeddings().weight
+    assert torch.allclose(emb[n], emb[src].mean(0)) and torch.equal(emb[:n], old.model.get_input_embeddings().weight)
+    new = ThinkGenMLLM(model, proc)
+    with torch.no_grad():
+        prompts = ["a red circle", "two blue squares above a green star"]
+        assert torch.equal(old.encode_instructions(prompts).features, new.encode_instructions(prompts).features)

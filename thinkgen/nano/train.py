@@ -38,6 +38,7 @@ project trainers resume unfinished ones from their last checkpoint). Stages:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -459,32 +460,41 @@ def stage_understand(out: Path, r: Recipe, seed: int, device: str, overrides: di
     return train_mllm(cfg)
 
 
-def expanded_mllm(start: Path, dst: Path, add: int = 0, head_factor: int = 1, intermediate_size: int | None = None
-                  ) -> Path:
+def expanded_mllm(start: Path, dst: Path, add: int = 0, head_factor: int = 1, intermediate_size: int | None = None,
+                  binding_tokens: bool = False) -> Path:
     """``start`` (mllm/ + processor/) grown by ``add`` decoder layers (block expansion) and/or widened
     (``head_factor`` times the attention heads, an MLP of ``intermediate_size`` units; ``widen_mllm``), checked to
     give the same DiT features (8 held-out composition prompts) and the same greedy answers (8 held-out questions) as
-    ``start``, then written atomically to ``dst``; reused when ``dst/mllm`` exists (a resumed run). Nothing is
-    written if the check fails; ``ValueError`` for nothing to grow, a deepening of a model with < 3 layers, or a
-    widening that would shrink the MLP."""
+    ``start``, then written atomically to ``dst``; reused when ``dst/mllm`` exists (a resumed run). With
+    ``binding_tokens`` the tokenizer and embeddings also gain one token per ``vision.BINDING_WORDS`` word (for focus
+    thoughts with binding words). Nothing is written if the check fails; ``ValueError`` for nothing to grow, a
+    deepening of a model with < 3 layers, a widening that would shrink the MLP, or binding words already present."""
     from thinkgen.errors import CheckpointError
     from thinkgen.mllm import ThinkGenMLLM
     from thinkgen.nano.evaluate import EVAL_SEED
     from thinkgen.nano.prompts import generate
-    from thinkgen.train.models import expand_mllm_layers, widen_mllm
+    from thinkgen.nano.vision import BINDING_WORDS
+    from thinkgen.train.models import add_word_tokens, expand_mllm_layers, widen_mllm
 
     if (dst / "mllm").is_dir():
         return dst
     widen = head_factor != 1 or intermediate_size is not None
-    if add == 0 and not widen:
-        raise ValueError("nothing to grow: give add >= 1 new layers, head_factor > 1 or a larger intermediate_size")
+    if add == 0 and not widen and not binding_tokens:
+        raise ValueError("nothing to grow: give add >= 1 new layers, head_factor > 1, a larger intermediate_size or "
+                         "binding tokens")
     old = ThinkGenMLLM.from_pretrained(start / "mllm", start / "processor")
     model, order = old.model, list(range(old.model.config.text_config.num_hidden_layers))
     if add:
         model, order = expand_mllm_layers(model, add)
     if widen:
         model = widen_mllm(model, head_factor, intermediate_size)
-    new = ThinkGenMLLM(model, old.processor)
+    processor = old.processor
+    if binding_tokens:
+        processor = copy.deepcopy(old.processor)
+        if model is old.model:
+            model = copy.deepcopy(old.model)
+        add_word_tokens(model, processor.tokenizer, list(BINDING_WORDS), BINDING_WORDS)
+    new = ThinkGenMLLM(model, processor)
     prompts = [s.prompt for s in generate("composition", 8, seed=EVAL_SEED, split="heldout")]
     qs = generate("understanding", 8, seed=EVAL_SEED, split="heldout")
     with torch.no_grad():
@@ -502,7 +512,8 @@ def expanded_mllm(start: Path, dst: Path, add: int = 0, head_factor: int = 1, in
     os.replace(tmp, dst)
     tc = model.config.text_config
     _log(f"MLLM grown to {len(order)} layers (order {order}), {tc.num_attention_heads} heads / "
-         f"{tc.num_key_value_heads} kv heads, MLP {tc.intermediate_size}; feature max diff {drift:.2e}; "
+         f"{tc.num_key_value_heads} kv heads, MLP {tc.intermediate_size}, vocabulary {tc.vocab_size}; feature max "
+         f"diff {drift:.2e}; "
          f"{len(qs)} greedy answers equal; wrote {dst}")
     return dst
 

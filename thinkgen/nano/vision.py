@@ -82,9 +82,24 @@ def slot_targets(scene: W.Scene) -> torch.Tensor:
     return t
 
 
-def scene_caption(scene: W.Scene) -> str:
-    """Every object in slot order as "size colour kind slot", then "sign TEXT"; joined by " , "."""
-    parts = [f"{o.size} {o.colour} {o.kind} {W.slot_name(o.slot)}" for o in sorted(scene.objects, key=lambda o: o.slot)]
+def binding_word(colour: str, kind: str) -> str:
+    """One word naming a colour-kind pair ("cyan", "star" -> "cyanstar"): a binding token, so that finding "the cyan
+    star" in a caption is a one-token match instead of a match on two adjacent words."""
+    return f"{colour}{kind}"
+
+
+# binding word -> the words it binds (the new token's embedding starts as their mean; add_word_tokens)
+BINDING_WORDS: dict[str, str] = {binding_word(c, k): f"{c} {k}" for c in W.COLOUR_NAMES for k in W.KINDS}
+
+
+def scene_caption(scene: W.Scene, binding: bool = False) -> str:
+    """Every object in slot order as "size colour kind slot", then "sign TEXT"; joined by " , ". With ``binding``
+    each object's binding word follows its kind ("small cyan star cyanstar top left")."""
+    def bound(o: W.Obj) -> str:
+        return f" {binding_word(o.colour, o.kind)}" if binding else ""
+
+    parts = [f"{o.size} {o.colour} {o.kind}{bound(o)} {W.slot_name(o.slot)}"
+             for o in sorted(scene.objects, key=lambda o: o.slot)]
     if scene.text:
         parts.append(f"sign {scene.text}")
     return " , ".join(parts)
@@ -100,7 +115,7 @@ _COUNT_KIND = re.compile(r"^how many (\w+) are there ?\?$")
 _POSITION = re.compile(r"^is the (\w+) (\w+) (left of|right of|above|below) the (\w+) (\w+) ?\?$")
 
 
-def focus_thought(scene: W.Scene, question: str) -> str:
+def focus_thought(scene: W.Scene, question: str, binding: bool = False) -> str:
     """``scene_caption`` followed by the question's key restated with the attribute it asks for, so that the answer
     is read next to the question's key (an induction-style copy) instead of by a two-hop lookup in the caption:
 
@@ -114,8 +129,11 @@ def focus_thought(scene: W.Scene, question: str) -> str:
       order of ``RELATIONS`` with its verdict ("left of yes , right of no , above no , below yes"), then the asked
       relation once more with its verdict (" ; left of yes"), so that, as in every other category, the answer is
       the thought's last word
-    Sign questions keep the caption alone."""
-    cap = scene_caption(scene)
+    Sign questions keep the caption alone. With ``binding`` the caption carries binding words (``scene_caption``) and
+    so does every restated "colour kind" key that is followed by a slot (where / exists / position):
+    "where is the blue circle?" -> caption + " ; blue circle bluecircle top middle", so the slot is read right after
+    the one matching token of the caption."""
+    cap = scene_caption(scene, binding)
     objs = sorted(scene.objects, key=lambda o: o.slot)
 
     def find(colour: str | None = None, kind: str | None = None) -> list[W.Obj]:
@@ -123,7 +141,8 @@ def focus_thought(scene: W.Scene, question: str) -> str:
 
     def entry(colour: str, kind: str) -> str:
         hit = find(colour, kind)
-        return f"{colour} {kind} " + (W.slot_name(hit[0].slot) if hit else "none")
+        key = f"{colour} {kind} {binding_word(colour, kind)}" if binding else f"{colour} {kind}"
+        return f"{key} " + (W.slot_name(hit[0].slot) if hit else "none")
 
     q = " ".join(question.split())
     if (m := _WHERE.match(q)) or (m := _EXISTS.match(q)):
@@ -256,7 +275,7 @@ def pretrain_vision(mllm, steps: int, lr: float = 2e-3, batch_size: int = 32, se
 # ------------------------------------------------------------------------------------------------ data
 def write_understanding_data(folder: str | Path, n_qa: int, n_captions: int, seed: int = 0,
                              sft_jsonl: str | Path | None = None, focus: bool = False,
-                             categories: tuple[str, ...] | None = None) -> dict[str, Path]:
+                             categories: tuple[str, ...] | None = None, binding: bool = False) -> dict[str, Path]:
     """Data of the understanding SFT stage, with images, in ``folder``:
 
     * ``vqa.jsonl``: train-split understanding questions; each answer follows a think trace that describes the
@@ -268,7 +287,9 @@ def write_understanding_data(folder: str | Path, n_qa: int, n_captions: int, see
       old answer-only understanding records do not teach the model to skip the look.
 
     ``categories`` (default: every understanding category once) is the round-robin order of the questions: a category
-    named twice gets twice the share (``("count", "count", "exists", ...)``)."""
+    named twice gets twice the share (``("count", "count", "exists", ...)``). ``binding``: focus thoughts with binding
+    words (``focus_thought``); the model's tokenizer should hold ``BINDING_WORDS`` as tokens
+    (``thinkgen.train.models.add_word_tokens``)."""
     from thinkgen.nano.data import _ImageStore, _write_jsonl, sft_record
     from thinkgen.nano.prompts import generate
 
@@ -278,7 +299,8 @@ def write_understanding_data(folder: str | Path, n_qa: int, n_captions: int, see
     vqa = []
     for s in generate("understanding", n_qa, seed=seed, split="train", categories=categories):
         rec = sft_record(s, store)
-        rec["think"] = focus_thought(s.input_scene, s.question) if focus else scene_caption(s.input_scene)
+        rec["think"] = (focus_thought(s.input_scene, s.question, binding) if focus
+                        else scene_caption(s.input_scene, binding))
         vqa.append(rec)
     rng = random.Random(seed + 1)
     caps = []
@@ -311,5 +333,6 @@ def write_understanding_data(folder: str | Path, n_qa: int, n_captions: int, see
     return paths
 
 
-__all__ = ["cell_targets", "slot_targets", "scene_caption", "focus_thought", "VisionProbe", "pretrain_vision", "visual_tokens",
+__all__ = ["cell_targets", "slot_targets", "scene_caption", "binding_word", "BINDING_WORDS", "focus_thought",
+           "VisionProbe", "pretrain_vision", "visual_tokens",
            "write_understanding_data", "CAPTION_QUESTION"]

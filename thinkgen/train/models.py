@@ -233,3 +233,36 @@ def widen_mllm(model, head_factor: int = 1, intermediate_size: int | None = None
         state[p + "mlp.down_proj.weight"] = grow_cols(state[p + "mlp.down_proj.weight"], new_inter)
     new.load_state_dict(state, strict=True)
     return new
+
+
+def add_word_tokens(model, tokenizer, words, init_from=None):
+    """Give each of ``words`` its own token (" word", the form it has after a space), appended after the existing
+    ids, and grow the model's input embeddings and LM head by as many rows. Existing ids, rows and hence the DiT
+    features of any text without the new words are unchanged. A new row starts as the mean of the rows of the tokens
+    of ``init_from[word]`` (text made of existing words, e.g. "cyan star" for "cyanstar"), else of the word's own
+    current tokenization. ``tokenizer`` is changed in place (pass a copy to keep the old one); returns the new ids.
+    ``ValueError`` for a word that already is one token or contains whitespace."""
+    from tokenizers import AddedToken
+
+    init_from = dict(init_from or {})
+    words = list(dict.fromkeys(words))
+    for w in words:
+        if not w or any(ch.isspace() for ch in w):
+            raise ValueError(f"word {w!r} must be non-empty without whitespace")
+        if len(tokenizer.tokenize(" " + w)) == 1:
+            raise ValueError(f"word {w!r} already is one token (id {tokenizer.convert_tokens_to_ids(tokenizer.tokenize(' ' + w))[0]})")
+    sources = {w: tokenizer(" " + init_from.get(w, w), add_special_tokens=False)["input_ids"] for w in words}
+    tokenizer.add_tokens([AddedToken(" " + w, normalized=False, special=False) for w in words])
+    ids = [tokenizer.convert_tokens_to_ids(" " + w) for w in words]
+    emb_in, emb_out = model.get_input_embeddings(), model.get_output_embeddings()
+    old_n = emb_in.weight.shape[0]
+    if sorted(ids) != list(range(old_n, old_n + len(words))):
+        raise ValueError(f"the new tokens got ids {ids}, not the {len(words)} ids after the model's {old_n} rows: the "
+                         "tokenizer and the model's vocabulary do not match")
+    with torch.no_grad():
+        rows_in = torch.stack([emb_in.weight[sources[w]].mean(0) for w in words])
+        rows_out = torch.stack([emb_out.weight[sources[w]].mean(0) for w in words])
+        model.resize_token_embeddings(old_n + len(words), mean_resizing=False)
+        model.get_input_embeddings().weight[old_n:] = rows_in
+        model.get_output_embeddings().weight[old_n:] = rows_out
+    return ids
