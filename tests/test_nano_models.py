@@ -194,6 +194,7 @@ def test_shipped_checkpoint_loads_and_generates():
     (["train", "--set", "align_n_dit=0"], "align_n_dit=0"),
     (["train", "--set", "understand3_vqa_ratio=0.95"], "understand3_vqa_ratio=0.95"),
     (["train", "--preset", "smoke", "--set", "understand3_add_layers=2"], "understand3_add_layers=2"),
+    (["train", "--set", "understand3_binding=2"], "understand3_binding=2 must be 0 or 1"),
     (["eval", "--n-composition", "-3"], "--n-composition=-3"),
     (["eval", "--seeds", "0"], "--seeds=0"),
 ])
@@ -227,3 +228,12 @@ def test_expanded_mllm_is_written_once_and_atomically(tmp_path):
     stamp = (dst / "mllm" / "model.safetensors").stat().st_mtime_ns
     assert expanded_mllm(start, dst, 2) == dst
     assert (dst / "mllm" / "model.safetensors").stat().st_mtime_ns == stamp
+    # binding tokens (recipe understand3_binding): the tokenizer and both embeddings gain one row per binding word
+    from thinkgen.nano.vision import BINDING_WORDS
+
+    bound = expanded_mllm(start, tmp_path / "bound", binding_tokens=True)
+    grown = ThinkGenMLLM.from_pretrained(bound / "mllm", bound / "processor")
+    assert grown.model.config.text_config.vocab_size == len(tok) + len(BINDING_WORDS)
+    assert grown.processor.tokenizer.tokenize(" a cyanstar") == tok.tokenize(" a") + [" cyanstar"]
+    with pytest.raises(ValueError, match="nothing to grow"):
+        expanded_mllm(start, tmp_path / "none")

@@ -116,6 +116,9 @@ class Recipe:
     # DiT features unchanged at the start; thinkgen.train.models.expand_mllm_layers). On nano, 2 or 4 more layers
     # did not lift understanding (bench/results/nano_understanding.md, session 11), so every preset keeps 0
     understand3_add_layers: int = 0
+    # 1: phase 3's focus thoughts carry binding words ("small cyan star cyanstar top left ; cyan star cyanstar top
+    # left"; vision.BINDING_WORDS), whose tokens are appended to the tokenizer before phase 3 (expanded_mllm)
+    understand3_binding: int = 0
     align_steps: int = 0         # DiT continuation on the final MLLM's features (ALIGN_MIX), after the eye stages
     align_lr: float = 3e-4
     align_n_dit: int = 40000
@@ -150,6 +153,9 @@ class Recipe:
                 raise ValueError(f"recipe understand3_add_layers={self.understand3_add_layers!r} needs an MLLM with "
                                  f">= 3 decoder layers (sizes {self.sizes!r} has {n}); use --set "
                                  "understand3_add_layers=0")
+        if self.understand3_binding not in (0, 1):
+            raise ValueError(f"recipe understand3_binding={self.understand3_binding!r} must be 0 or 1 (1: focus "
+                             "thoughts with binding words)")
         if self.align_steps > 0 and self.align_n_dit < 1:
             raise ValueError(f"recipe align_n_dit={self.align_n_dit!r} must be >= 1 when align_steps > 0 "
                              "(e.g. --set align_n_dit=40000)")
@@ -393,7 +399,7 @@ def stage_und_data(out: Path, r: Recipe, seed: int) -> dict | None:
                                      sft_jsonl=out / "data" / "sft.jsonl")
     if r.understand3_steps > 0:
         paths["vqa_focus"] = write_understanding_data(out / "data_und" / "focus", r.und3_n_qa, 0, seed=seed + 23,
-                                                      focus=True)["vqa"]
+                                                      focus=True, binding=bool(r.understand3_binding))["vqa"]
     return paths
 
 
@@ -451,8 +457,9 @@ def stage_understand(out: Path, r: Recipe, seed: int, device: str, overrides: di
         start = vision_final(out)
     name = "understand" if phase == 1 else f"understand{phase}"
     vqa = d / "focus" / "vqa.jsonl" if phase == 3 else d / "vqa.jsonl"
-    if phase == 3 and r.understand3_add_layers > 0:
-        start = expanded_mllm(start, out / "mllm" / "understand3_expanded", r.understand3_add_layers)
+    if phase == 3 and (r.understand3_add_layers > 0 or r.understand3_binding):
+        start = expanded_mllm(start, out / "mllm" / "understand3_expanded", r.understand3_add_layers,
+                              binding_tokens=bool(r.understand3_binding))
     cfg = mllm_sft(**{**eye_sft_fields(r, phase, start, vqa, d, out / "mllm" / name, vision_final(out),
                                        seed=seed + 2 + 2 * phase, lr=lr, steps=steps, think_weight=think_weight,
                                        device=device, vqa_ratio=r.understand3_vqa_ratio if phase == 3 else None),

@@ -240,7 +240,8 @@ def add_word_tokens(model, tokenizer, words, init_from=None):
     ids, and grow the model's input embeddings and LM head by as many rows. Existing ids, rows and hence the DiT
     features of any text without the new words are unchanged. A new row starts as the mean of the rows of the tokens
     of ``init_from[word]`` (text made of existing words, e.g. "cyan star" for "cyanstar"), else of the word's own
-    current tokenization. ``tokenizer`` is changed in place (pass a copy to keep the old one); returns the new ids.
+    current tokenization; a mean LM-head row never scores above the larger of its source rows, so greedy decoding is
+    unchanged too (but for ties). ``tokenizer`` is changed in place (pass a copy to keep the old one); returns the new ids.
     ``ValueError`` for a word that already is one token or contains whitespace."""
     from tokenizers import AddedToken
 
