@@ -87,7 +87,10 @@ def test_binding_words_bind_colour_and_kind_in_caption_and_keys():
     assert cap == "large red square redsquare top left , small blue circle bluecircle middle right , sign AB"
     assert focus_thought(scene(), "where is the blue circle?", binding=True) == cap + " ; blue circle bluecircle middle right"
     assert focus_thought(scene(), "is there a red circle?", binding=True) == cap + " ; red circle redcircle none"
-    assert focus_thought(scene(), "is the red square small or large?", binding=True) == cap + " ; red square large"
+    assert focus_thought(scene(), "is the red square small or large?", binding=True) == \
+        cap + " ; red square redsquare large"
+    assert focus_thought(scene(), "how many squares are there?", binding=True) == cap + " ; redsquare"
+    assert focus_thought(scene(), "how many green shapes are there?", binding=True) == cap + " ; none"
     assert focus_thought(scene(), "is the red square left of the blue circle?", binding=True) == \
         cap + " ; red square redsquare top left ; blue circle bluecircle middle right ; left of yes , right of no , " \
         "above no , below no ; left of yes"

@@ -129,20 +129,23 @@ def focus_thought(scene: W.Scene, question: str, binding: bool = False) -> str:
       order of ``RELATIONS`` with its verdict ("left of yes , right of no , above no , below yes"), then the asked
       relation once more with its verdict (" ; left of yes"), so that, as in every other category, the answer is
       the thought's last word
-    Sign questions keep the caption alone. With ``binding`` the caption carries binding words (``scene_caption``) and
-    so does every restated "colour kind" key that is followed by a slot (where / exists / position):
-    "where is the blue circle?" -> caption + " ; blue circle bluecircle top middle", so the slot is read right after
-    the one matching token of the caption."""
+    Sign questions keep the caption alone. With ``binding`` the caption carries binding words (``scene_caption``), so
+    does every restated "colour kind" key (where / exists / size / position: "where is the blue circle?" -> caption +
+    " ; blue circle bluecircle top middle", "is the blue circle small or large?" -> " ; blue circle bluecircle small"),
+    and a count lists the matching objects by their binding words (" ; bluecircle , redcircle"): what follows the
+    key is read at the one caption token that matches it."""
     cap = scene_caption(scene, binding)
     objs = sorted(scene.objects, key=lambda o: o.slot)
 
     def find(colour: str | None = None, kind: str | None = None) -> list[W.Obj]:
         return [o for o in objs if colour in (None, o.colour) and kind in (None, o.kind)]
 
+    def key(colour: str, kind: str) -> str:
+        return f"{colour} {kind} {binding_word(colour, kind)}" if binding else f"{colour} {kind}"
+
     def entry(colour: str, kind: str) -> str:
         hit = find(colour, kind)
-        key = f"{colour} {kind} {binding_word(colour, kind)}" if binding else f"{colour} {kind}"
-        return f"{key} " + (W.slot_name(hit[0].slot) if hit else "none")
+        return f"{key(colour, kind)} " + (W.slot_name(hit[0].slot) if hit else "none")
 
     q = " ".join(question.split())
     if (m := _WHERE.match(q)) or (m := _EXISTS.match(q)):
@@ -155,7 +158,7 @@ def focus_thought(scene: W.Scene, question: str, binding: bool = False) -> str:
         return f"{cap} ; {m.group(1)} {hit[0].colour if hit else 'none'}"
     if m := _SIZE.match(q):
         hit = find(m.group(1), m.group(2))
-        return f"{cap} ; {m.group(1)} {m.group(2)} {hit[0].size if hit else 'none'}"
+        return f"{cap} ; {key(m.group(1), m.group(2))} {hit[0].size if hit else 'none'}"
     if (m := _COUNT_COLOUR.match(q)) and m.group(1) in W.COLOUR_NAMES:
         hit = find(colour=m.group(1))
     elif (m := _COUNT_KIND.match(q)) and m.group(1) != "shapes":
@@ -163,7 +166,8 @@ def focus_thought(scene: W.Scene, question: str, binding: bool = False) -> str:
     else:
         hit = None
     if hit is not None:
-        return f"{cap} ; " + (" , ".join(f"{o.colour} {o.kind}" for o in hit) or "none")
+        named = [binding_word(o.colour, o.kind) if binding else f"{o.colour} {o.kind}" for o in hit]
+        return f"{cap} ; " + (" , ".join(named) or "none")
     if m := _POSITION.match(q):
         a, b = find(m.group(1), m.group(2)), find(m.group(4), m.group(5))
         if a and b:
