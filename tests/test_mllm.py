@@ -105,7 +105,8 @@ def test_think_cut_on_token_sequences():
 
 def test_think_state_machine(tok):
     ids = {t: tok.convert_tokens_to_ids(t) for t in
-           ["<think>", "</think>", "<|im_end|>", "<|endoftext|>"]}
+           ["<think>", "</think>", "<|im_end|>", "<|endoftext|>", "<|image_pad|>", "<|video_pad|>",
+            "<|vision_start|>", "<|vision_end|>"]}
     close = tok.encode("</think>\n\n", add_special_tokens=False)
     w = tok.convert_tokens_to_ids("red")
     st = _ThinkState(2, 1, "think", ids, max_think_tokens=2, max_answer_tokens=3, policy="force_close",
@@ -115,6 +116,7 @@ def test_think_state_machine(tok):
     for _ in range(2):                                  # two thought tokens -> budget reached
         scores = st._process(torch.zeros(2, V))
         assert torch.isinf(scores[:, ids["<|im_end|>"]]).all()   # stop tokens masked inside a thought
+        assert torch.isinf(scores[:, ids["<|image_pad|>"]]).all()  # vision placeholders never generated
         seq = torch.cat([seq, torch.full((2, 1), w)], 1)
         st._stop(seq)
     forced = []
@@ -279,6 +281,22 @@ def test_think_per_sample_modes_equal_separate_calls(mllm):
         mllm.think(texts, images=ims, mode=["think"], **kw)
     with pytest.raises(InvalidInputError, match="nothink"):
         mllm.think(texts, images=ims, mode=["think", "nothink"], **kw)
+
+
+def test_vision_placeholders_are_never_generated(tok):
+    """A model whose LM head prefers <|image_pad|> (as an untrained one may) still thinks with images: the vision
+    placeholder tokens are masked out of generation, so the feature pass sees only the prompt's image slots."""
+    import copy
+
+    from thinkgen.tokenization import IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START
+
+    m = ThinkGenMLLM(copy.deepcopy(build_tiny_mllm(tok, hidden_size=32, num_layers=2, seed=5)), ThinkGenProcessor(tok))
+    never = ids_of(tok, IMAGE_PAD, VIDEO_PAD, VISION_START, VISION_END)
+    with torch.no_grad():       # a constant head row: <|image_pad|> scores high whatever the hidden state
+        m.model.get_output_embeddings().weight[never[0]] = 5.0 + m.model.model.language_model.norm.weight.sign()
+    out = m.think(["what is this?"], images=[[Image.new("RGB", (64, 64), (255, 0, 0))]], mode="chat",
+                  max_think_tokens=4, max_answer_tokens=4, do_sample=False, on_missing_think_end="force_close")
+    assert out.generated_ids[0] and not set(out.generated_ids[0]) & set(never)
 
 
 def test_chat_returns_string(mllm):

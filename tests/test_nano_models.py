@@ -117,8 +117,16 @@ def test_train_nano_smoke_every_stage_then_eval(tmp_path):
         (final / "mllm" / "model.safetensors").read_bytes()
     assert (final / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes() == \
         (out / "align" / "final" / "transformer_ema" / "diffusion_pytorch_model.safetensors").read_bytes()
-    # the shipped MLLM is the last eye phase's (focus thoughts), trained from phase 2's
-    assert (out / "data_und" / "focus" / "vqa.jsonl").is_file()
+    # the shipped MLLM is the last eye phase's (focus thoughts with binding words, whose tokens were appended to
+    # phase 2's tokenizer before phase 3), trained from phase 2's
+    focus = [json.loads(x) for x in (out / "data_und" / "focus" / "vqa.jsonl").read_text().splitlines()]
+    from thinkgen.mllm import ThinkGenMLLM
+    from thinkgen.nano.vision import BINDING_WORDS
+
+    assert all(any(w in BINDING_WORDS for w in r["think"].split()) for r in focus if r["think"])
+
+    shipped = ThinkGenMLLM.from_pretrained(final / "mllm", final / "processor")
+    assert shipped.processor.tokenizer.tokenize(" cyanstar") == [" cyanstar"]
     assert (final / "mllm" / "model.safetensors").read_bytes() == \
         (out / "mllm" / "understand3" / "final" / "mllm" / "model.safetensors").read_bytes()
     for c in ("mllm", "processor", "transformer", "vae", "scheduler"):

@@ -181,6 +181,9 @@ class _ThinkState:
         self.prompt_len, self.mode = prompt_len, mode
         self.think_start, self.think_end = ids[THINK_START], ids[THINK_END]
         self.stop_ids = [ids[IM_END], ids[PAD_TOKEN]]
+        # vision placeholders are never generated: the feature pass over prompt + generation would read a generated
+        # <|image_pad|> as an image slot without pixels (an untrained model can emit one)
+        self.never_ids = [ids[IMAGE_PAD], ids[VIDEO_PAD], ids[VISION_START], ids[VISION_END]]
         self.max_think, self.max_answer, self.policy = max_think_tokens, max_answer_tokens, policy
         self.close_ids = close_ids
         self.do_sample, self.temperature, self.top_p, self.top_k = do_sample, temperature, top_p, top_k
@@ -199,6 +202,7 @@ class _ThinkState:
     # -- logits processor (called before each token is chosen)
     def _process(self, scores: Tensor) -> Tensor:
         scores = scores.clone()
+        scores[:, torch.tensor(self.never_ids, device=scores.device)] = float("-inf")
         thinking = [b for b, p in enumerate(self.phase) if p == self.THINKING and not self.queue[b]]
         if thinking:
             rows = torch.tensor(thinking, device=scores.device)

@@ -171,7 +171,7 @@ RECIPES: dict[str, Recipe] = {
                     mllm2_steps=2, vision_steps=2, vision_pre_steps=2, und_n_qa=8, und_n_captions=8,
                     understand_steps=2, understand2_steps=2, understand3_steps=2, und3_n_qa=8, understand_side=64,
                     dit3_steps=2, dit4_steps=2, align_steps=2, align_n_dit=24,
-                    focus_n_dit=24,
+                    focus_n_dit=24, understand3_binding=1,
                     dit1_steps=2, dit2_steps=2, dit_batch=2, dit1_lr=1e-3, dit2_lr=1e-3, sample_steps=2, eval_n=2,
                     eval_seeds=1),
     # the shipped checkpoint's recipe. NOT timed end to end on the 2-core box: by its parts, data..dit3 ~81 min and
@@ -182,16 +182,19 @@ RECIPES: dict[str, Recipe] = {
     # (bench/nano_dit_focus.py, 4,000 + 3,000 steps on 20,000 fresh pairs each); the recipe runs one 7,000-step
     # ``align`` on 40,000 pairs instead, not run at full size. ``--set align_steps=0`` gives the stage-3 checkpoint.
     # The shipped MLLM's phase 3 was six restarted runs (3,000 x 3 + 4,000 x 3 steps, a fresh 40,000-question draw
-    # each, focus_thought v1, v2, v3, then the current v3b; bench/results/nano_understanding.md); understand3 runs
-    # them as one phase with the current focus_thought.
+    # each, focus_thought v1, v2, v3, then v3b), then the binding tokens appended and one 6,000-step run with binding
+    # thoughts (bench/results/nano_understanding.md, session 12); understand3 runs them as one phase with binding
+    # thoughts from the start.
     "quick": Recipe("quick", n_sft=6000, n_dit=6000, vae_steps=800, vae_batch=16, mllm_steps=700, mllm_batch=16,
                     mllm_lr=2e-3, dit1_steps=100, dit2_steps=4000, dit_batch=16, dit1_lr=2e-3, dit2_lr=1e-3,
                     mllm2_steps=1600, vision_steps=1000, dit3_steps=2400, dit4_steps=4000, vision_pre_steps=3000,
-                    understand_steps=4000, understand2_steps=1500, understand3_steps=21000, align_steps=7000),
+                    understand_steps=4000, understand2_steps=1500, understand3_steps=21000, understand3_binding=1,
+                    align_steps=7000),
     # the from-scratch budget of issue 4: everything (data, VAE, MLLM SFT, eyes, DiT stages 1-2, align) in at most
     # 2 h on a 2-core CPU with the default --jobs 2. Stage 2 runs next to the eye stages (one thread each), align
     # replaces dit3 / dit4 (it continues stage 2 on the final MLLM's features), fewer eye steps than ``quick``.
     # Measured end to end: 1 h 43 min on this 2-core box (2026-11-27, bench/results/nano_cpu2h.md, quality there).
+    # It keeps the measured phase 3 (no binding thoughts; ``--set understand3_binding=1`` gives them, not timed).
     "cpu2h": Recipe("quick", n_sft=6000, n_dit=6000, vae_steps=800, vae_batch=16, mllm_steps=700, mllm_batch=16,
                     mllm_lr=2e-3, dit1_steps=100, dit2_steps=4000, dit_batch=16, dit1_lr=2e-3, dit2_lr=1e-3,
                     mllm2_steps=1000, vision_steps=800, dit3_steps=0, dit4_steps=0, vision_pre_steps=2000,
@@ -201,7 +204,8 @@ RECIPES: dict[str, Recipe] = {
     "full": Recipe("full", n_sft=12000, n_dit=12000, vae_steps=1200, vae_batch=16, mllm_steps=1800, mllm_batch=16,
                    mllm_lr=2e-3, dit1_steps=200, dit2_steps=6000, dit_batch=16, dit1_lr=2e-3, dit2_lr=1e-3,
                    mllm2_steps=2000, vision_steps=1500, dit3_steps=3000, dit4_steps=4000, vision_pre_steps=3000,
-                   understand_steps=6000, understand2_steps=2000, understand3_steps=21000, align_steps=7000),
+                   understand_steps=6000, understand2_steps=2000, understand3_steps=21000, understand3_binding=1,
+                   align_steps=7000),
 }
 
 
