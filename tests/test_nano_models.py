@@ -178,16 +178,18 @@ def test_shipped_checkpoint_loads_and_generates():
     scene = world.Scene((world.place("square", "red", "large", (1, 1)),), "AB")
     thoughts, answer = split_thoughts(pipe.chat("what does the sign say?", images=[world.render(scene)],
                                                 max_new_tokens=128))
-    assert thoughts == scene_caption(scene) == "large red square centre , sign AB" and answer == "AB"
-    # phase 3: the thought ends with the question's key restated next to its slot; the answer is read from there
+    assert thoughts == scene_caption(scene, binding=True) == "large red square redsquare centre , sign AB"
+    assert answer == "AB"
+    # phase 3: the thought ends with the question's key (and its binding word) restated next to its slot; the answer
+    # is read from there
     from thinkgen.nano.vision import focus_thought
 
     scene = world.Scene((world.place("square", "red", "large", (0, 0)),
                          world.place("circle", "blue", "small", (1, 2))), "AB")
     thoughts, answer = split_thoughts(pipe.chat("where is the blue circle?", images=[world.render(scene)],
                                                 max_new_tokens=128))
-    assert thoughts == focus_thought(scene, "where is the blue circle?")
-    assert thoughts.endswith(" ; blue circle middle right")
+    assert thoughts == focus_thought(scene, "where is the blue circle?", binding=True)
+    assert thoughts.endswith(" ; blue circle bluecircle middle right")
     assert answer == "middle right"
     thoughts, answer = split_thoughts(pipe.chat("what colour is the circle?", images=[world.render(scene)],
                                                 max_new_tokens=128))

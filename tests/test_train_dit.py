@@ -360,12 +360,12 @@ def test_lazy_rewriter_bench_data_and_refusals(tmp_path, capsys):
 def test_deepen_bench_grows_the_shipped_mllm_unchanged(tmp_path, capsys):
     """bench/nano_deepen.py on the shipped nano MLLM: one more layer, or twice the heads and a wider MLP; features
     and greedy answers checked equal before writing, mllm/ + processor/ written; an existing output, nothing to grow,
-    a bad --head-factor and a shrinking MLP are refused, nothing written."""
+    a bad --head-factor, a shrinking MLP and binding tokens the shipped tokenizer already has are refused, nothing
+    written. nano_focus_phase.py --binding refuses a start whose tokenizer lacks the binding words."""
     import json
 
+    from thinkgen.nano.models import build_nano_tokenizer
     from thinkgen.pipeline import default_model_path
-
-    from thinkgen.nano.vision import BINDING_WORDS
 
     mod = _bench_module("nano_deepen")
     shipped = default_model_path()
@@ -376,25 +376,29 @@ def test_deepen_bench_grows_the_shipped_mllm_unchanged(tmp_path, capsys):
     assert cfg["text_config"]["num_hidden_layers"] == n + 1 and (tmp_path / "deep" / "processor").is_dir()
     assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["mllm", "processor"]
     assert mod.main(["--start", str(shipped), "--out", str(tmp_path / "wide"), "--head-factor", "2",
-                     "--intermediate", "512", "--binding-tokens"]) == 0
+                     "--intermediate", "512"]) == 0
     assert "8 greedy answers equal" in capsys.readouterr().out
     tc = json.loads((tmp_path / "wide" / "mllm" / "config.json").read_text())["text_config"]
     old = json.loads((shipped / "mllm" / "config.json").read_text())["text_config"]
     assert (tc["num_attention_heads"], tc["num_key_value_heads"], tc["intermediate_size"], tc["vocab_size"]) == (
-        2 * old["num_attention_heads"], 2 * old["num_key_value_heads"], 512, old["vocab_size"] + len(BINDING_WORDS))
-    # the focus phase with binding thoughts refuses a start whose tokenizer lacks the binding words, before writing
+        2 * old["num_attention_heads"], 2 * old["num_key_value_heads"], 512, old["vocab_size"])
+    # a start whose tokenizer lacks the binding words (a fresh nano tokenizer) is refused by the focus phase
     phase = _bench_module("nano_focus_phase")
+    bare = tmp_path / "bare"
+    (bare / "mllm").mkdir(parents=True)
+    build_nano_tokenizer().save_pretrained(bare / "processor")
+    (tmp_path / "und").mkdir()
     for f in ("captions.jsonl", "sft_gen.jsonl"):
-        (tmp_path / "und").mkdir(exist_ok=True)
         (tmp_path / "und" / f).write_text("")
     with pytest.raises(SystemExit):
-        phase.main(["--anchor", str(shipped), "--und", str(tmp_path / "und"), "--start", str(shipped), "--out",
+        phase.main(["--anchor", str(shipped), "--und", str(tmp_path / "und"), "--start", str(bare), "--out",
                     str(tmp_path / "f"), "--data-seed", "1", "--binding"])
     assert "--binding needs the binding words as tokens" in capsys.readouterr().err and not (tmp_path / "f").exists()
     for argv, needle in ((["--out", str(tmp_path / "deep"), "--add", "1"], "exists"),
                          (["--out", str(tmp_path / "d2"), "--add", "0"], "nothing to grow"),
                          (["--out", str(tmp_path / "d2"), "--head-factor", "0"], "--head-factor=0 >= 1"),
-                         (["--out", str(tmp_path / "d2"), "--intermediate", "8"], "intermediate_size=8 is below")):
+                         (["--out", str(tmp_path / "d2"), "--intermediate", "8"], "intermediate_size=8 is below"),
+                         (["--out", str(tmp_path / "d2"), "--binding-tokens"], "'redcircle' already is one token")):
         with pytest.raises(SystemExit):
             mod.main(["--start", str(shipped)] + argv)
         assert needle in capsys.readouterr().err
