@@ -85,7 +85,8 @@ def test_binding_words_bind_colour_and_kind_in_caption_and_keys():
     assert len(BINDING_WORDS) == len(W.COLOUR_NAMES) * len(W.KINDS)
     cap = scene_caption(scene(), binding=True)
     assert cap == "large red square redsquare top left , small blue circle bluecircle middle right , sign AB"
-    assert focus_thought(scene(), "where is the blue circle?", binding=True) == cap + " ; blue circle bluecircle middle right"
+    assert focus_thought(scene(), "where is the blue circle?", binding=True) == \
+        cap + " ; blue circle bluecircle middle right"
     assert focus_thought(scene(), "is there a red circle?", binding=True) == cap + " ; red circle redcircle none"
     assert focus_thought(scene(), "is the red square small or large?", binding=True) == \
         cap + " ; red square redsquare large"

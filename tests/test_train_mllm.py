@@ -416,6 +416,11 @@ def test_add_word_tokens_appends_ids_and_keeps_the_rest(mllm):
     n = model.get_input_embeddings().weight.shape[0]
     with pytest.raises(ValueError, match="'red' already is one token"):
         add_word_tokens(model, proc.tokenizer, ["red"])
+    other = copy.deepcopy(model)
+    other.resize_token_embeddings(n + 3)
+    with pytest.raises(ValueError, match="do not belong together"):
+        add_word_tokens(other, proc.tokenizer, ["redcircle"])
+    assert len(proc.tokenizer) == n                 # refused before the tokenizer changed
     ids = add_word_tokens(model, proc.tokenizer, ["redcircle"], {"redcircle": "red circle"})
     assert ids == [n] and proc.tokenizer.tokenize(" a redcircle") == proc.tokenizer.tokenize(" a") + [" redcircle"]
     assert model.config.text_config.vocab_size == n + 1

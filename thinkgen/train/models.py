@@ -200,8 +200,7 @@ def widen_mllm(model, head_factor: int = 1, intermediate_size: int | None = None
     if new_inter < inter:
         raise ValueError(f"intermediate_size={new_inter} is below the model's {inter}: widening cannot shrink the MLP")
     if head_factor == 1 and new_inter == inter:
-        raise ValueError("nothing to widen: give head_factor > 1 or an intermediate_size above "
-                         f"{inter}")
+        raise ValueError(f"nothing to widen: give head_factor > 1 or an intermediate_size above {inter}")
     cfg = copy.deepcopy(model.config)
     cfg.text_config.num_attention_heads = heads * head_factor
     cfg.text_config.num_key_value_heads = kv * head_factor
@@ -241,25 +240,27 @@ def add_word_tokens(model, tokenizer, words, init_from=None):
     features of any text without the new words are unchanged. A new row starts as the mean of the rows of the tokens
     of ``init_from[word]`` (text made of existing words, e.g. "cyan star" for "cyanstar"), else of the word's own
     current tokenization; a mean LM-head row never scores above the larger of its source rows, so greedy decoding is
-    unchanged too (but for ties). ``tokenizer`` is changed in place (pass a copy to keep the old one); returns the new ids.
-    ``ValueError`` for a word that already is one token or contains whitespace."""
+    unchanged too (but for ties). ``tokenizer`` is changed in place (pass a copy to keep the old one); returns the new
+    ids. ``ValueError`` (tokenizer untouched) for a word that already is one token or contains whitespace, or a
+    tokenizer whose length is not the model's vocabulary size."""
     from tokenizers import AddedToken
 
     init_from = dict(init_from or {})
     words = list(dict.fromkeys(words))
+    emb_in, emb_out = model.get_input_embeddings(), model.get_output_embeddings()
+    old_n = emb_in.weight.shape[0]
+    if len(tokenizer) != old_n:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model {old_n} embedding rows: they do not "
+                         "belong together, so new ids would not follow the model's rows")
     for w in words:
         if not w or any(ch.isspace() for ch in w):
             raise ValueError(f"word {w!r} must be non-empty without whitespace")
-        if len(tokenizer.tokenize(" " + w)) == 1:
-            raise ValueError(f"word {w!r} already is one token (id {tokenizer.convert_tokens_to_ids(tokenizer.tokenize(' ' + w))[0]})")
+        if len(pieces := tokenizer.tokenize(" " + w)) == 1:
+            raise ValueError(f"word {w!r} already is one token (id {tokenizer.convert_tokens_to_ids(pieces)[0]}); "
+                             "nothing to add")
     sources = {w: tokenizer(" " + init_from.get(w, w), add_special_tokens=False)["input_ids"] for w in words}
     tokenizer.add_tokens([AddedToken(" " + w, normalized=False, special=False) for w in words])
     ids = [tokenizer.convert_tokens_to_ids(" " + w) for w in words]
-    emb_in, emb_out = model.get_input_embeddings(), model.get_output_embeddings()
-    old_n = emb_in.weight.shape[0]
-    if sorted(ids) != list(range(old_n, old_n + len(words))):
-        raise ValueError(f"the new tokens got ids {ids}, not the {len(words)} ids after the model's {old_n} rows: the "
-                         "tokenizer and the model's vocabulary do not match")
     with torch.no_grad():
         rows_in = torch.stack([emb_in.weight[sources[w]].mean(0) for w in words])
         rows_out = torch.stack([emb_out.weight[sources[w]].mean(0) for w in words])
