@@ -62,13 +62,12 @@ def main(argv=None) -> int:
                  "--anchor a folder with mllm/ + processor/ and --und one with captions.jsonl + sft_gen.jsonl) and "
                  "--start a folder with mllm/ and processor/")
     if args.binding:
-        import json
-
         from thinkgen.nano.vision import BINDING_WORDS
+        from thinkgen.processor import ThinkGenProcessor
+        from thinkgen.train.models import is_one_token
 
-        tok = json.loads((args.start / "processor" / "tokenizer.json").read_text())
-        have = {t["content"] for t in tok.get("added_tokens", [])} | set(tok["model"]["vocab"])
-        lacking = [w for w in BINDING_WORDS if " " + w not in have and "Ġ" + w not in have]
+        tok = ThinkGenProcessor.from_pretrained(args.start / "processor").tokenizer
+        lacking = [w for w in BINDING_WORDS if not is_one_token(tok, w)]
         if lacking:
             ap.error(f"--binding needs the binding words as tokens, but {args.start}/processor lacks {lacking[:3]}...: "
                      f"first run `python bench/nano_deepen.py --start {args.start} --out NEW --binding-tokens`")

@@ -234,6 +234,11 @@ def widen_mllm(model, head_factor: int = 1, intermediate_size: int | None = None
     return new
 
 
+def is_one_token(tokenizer, word: str) -> bool:
+    """Whether ``word``, in the form it has after a space (" word"), is a single token of ``tokenizer``."""
+    return len(tokenizer.tokenize(" " + word)) == 1
+
+
 def add_word_tokens(model, tokenizer, words, init_from=None):
     """Give each of ``words`` its own token (" word", the form it has after a space), appended after the existing
     ids, and grow the model's input embeddings and LM head by as many rows. Existing ids, rows and hence the DiT
@@ -255,9 +260,9 @@ def add_word_tokens(model, tokenizer, words, init_from=None):
     for w in words:
         if not w or any(ch.isspace() for ch in w):
             raise ValueError(f"word {w!r} must be non-empty without whitespace")
-        if len(pieces := tokenizer.tokenize(" " + w)) == 1:
-            raise ValueError(f"word {w!r} already is one token (id {tokenizer.convert_tokens_to_ids(pieces)[0]}); "
-                             "nothing to add")
+        if is_one_token(tokenizer, w):
+            raise ValueError(f"word {w!r} already is one token (id "
+                             f"{tokenizer.convert_tokens_to_ids(tokenizer.tokenize(' ' + w))[0]}); nothing to add")
     sources = {w: tokenizer(" " + init_from.get(w, w), add_special_tokens=False)["input_ids"] for w in words}
     tokenizer.add_tokens([AddedToken(" " + w, normalized=False, special=False) for w in words])
     ids = [tokenizer.convert_tokens_to_ids(" " + w) for w in words]
