@@ -13,12 +13,12 @@ a triangle has corners" instead of "three stars"). Every other record is unchang
         --lazy-rate 0.6 --steps 400 --lr 5e-4
 
 ``--run``: a ``thinkgen train nano`` output folder (its ``data/sft.jsonl`` and ``mllm/run2/final`` or
-``mllm/run/final``); ``--start``: a released-layout model whose DiT, VAE and scheduler are kept (the stage-3
-checkpoint the DiT of which was trained on that SFT MLLM). Writes ``OUT/sft_lazy.jsonl`` (image paths point into
-the run's data folder), ``OUT/run`` (trainer checkpoints, ``final/``) and ``OUT/model`` (released layout: the start
-model with the new MLLM). Deterministic on CPU with 1 thread. The DiT is then adapted to the new MLLM's features by
-a short supervised stage-3 continuation (``bench/nano_dit_focus.py``), as in the paper, where stages 1-3 train the
-DiT on the frozen MLLM's features.
+``mllm/run/final``, or instead ``--mllm-start``'s ``mllm/`` + ``processor/``); ``--start``: a released-layout model
+whose DiT, VAE and scheduler are kept (the stage-3 checkpoint the DiT of which was trained on that SFT MLLM).
+Writes ``OUT/sft_lazy.jsonl`` (image paths point into the run's data folder), ``OUT/run`` (trainer checkpoints,
+``final/``) and ``OUT/model`` (released layout: the start model with the new MLLM). Deterministic on CPU with 1
+thread. The DiT is then adapted to the new MLLM's features by a short supervised stage-3 continuation
+(``bench/nano_dit_focus.py``), as in the paper, where stages 1-3 train the DiT on the frozen MLLM's features.
 """
 from __future__ import annotations
 
@@ -58,6 +58,9 @@ def main(argv=None) -> int:
     ap.add_argument("--run", type=Path, required=True, help="a `thinkgen train nano` output folder")
     ap.add_argument("--start", type=Path, required=True, help="released-layout model whose DiT / VAE are kept")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--mllm-start", type=Path, default=None,
+                    help="continue this released-layout folder's mllm/ + processor/ instead of the run's SFT MLLM "
+                         "(e.g. the --start model itself, when its MLLM is the one the DiT was trained on)")
     ap.add_argument("--lazy-rate", type=float, default=0.6)
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--lr", type=float, default=5e-4)
@@ -74,7 +77,9 @@ def main(argv=None) -> int:
     if not sft.is_file():
         ap.error(f"--run {args.run} has no data/sft.jsonl: pass a `thinkgen train nano --out DIR` folder")
     mllm_start = next((p for p in (args.run / "mllm" / "run2" / "final", args.run / "mllm" / "run" / "final")
-                       if (p / "mllm").is_dir()), None)
+                       if (p / "mllm").is_dir()), None) if args.mllm_start is None else args.mllm_start
+    if args.mllm_start is not None and not all((args.mllm_start / d).is_dir() for d in ("mllm", "processor")):
+        ap.error(f"--mllm-start {args.mllm_start} has no mllm/ and processor/: pass a released-layout model folder")
     if mllm_start is None:
         ap.error(f"--run {args.run} has no mllm/run2/final or mllm/run/final: its MLLM SFT stage has not finished")
     if not (args.start / "model_index.json").is_file():

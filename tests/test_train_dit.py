@@ -355,6 +355,11 @@ def test_lazy_rewriter_bench_data_and_refusals(tmp_path, capsys):
         mod.main(["--run", str(tmp_path / "run"), "--start", str(tmp_path), "--out", str(tmp_path / "out"),
                   "--lazy-rate", "1.5"])
     assert "--lazy-rate=1.5 must be in [0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):    # --mllm-start replaces the run's SFT MLLM, and must be a released layout
+        mod.main(["--run", str(tmp_path / "run"), "--start", str(tmp_path), "--out", str(tmp_path / "out"),
+                  "--mllm-start", str(tmp_path / "run")])
+    assert "--mllm-start" in (err := capsys.readouterr().err) and "has no mllm/ and processor/" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_deepen_bench_grows_the_shipped_mllm_unchanged(tmp_path, capsys):
