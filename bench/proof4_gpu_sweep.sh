@@ -72,7 +72,7 @@ for d in sorted(w.glob("ev_*")):
                     row[f"{fam}/{c}_{mode}"] = round(x, 3)
     rows[d.name] = row
 for r in "ABCD":
-    m = w / r / "metrics.jsonl"
+    m = w / r / "logs" / "metrics.jsonl"
     if m.is_file():
         (out / f"metrics_{r}.jsonl").write_text(m.read_text())
 (out / "sweep.json").write_text(json.dumps(rows, indent=1) + "\n")
