@@ -17,13 +17,8 @@ OUT=${1:?usage: bash bench/gpu_session.sh OUTDIR}
 W=$OUT/work
 mkdir -p "$W"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    > "$W/pip.log" 2>&1 || { echo "wheel install failed"; cat "$W/pip.log"; }
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
+. bench/gpu_env.sh
+gpu_wheels "$W/pip.log"
 T0=$(date +%s)
 pack() { tar czf "$OUT/results.tgz" -C "$OUT" work 2>/dev/null; }
 part() {  # part NAME LIMIT_S CMD...
@@ -35,10 +30,7 @@ part() {  # part NAME LIMIT_S CMD...
   echo "   rc=$rc in $(( $(date +%s) - t ))s"; tr '\r' '\n' < "$W/$name.log" | grep -v '^\s*$' | tail -n 4
   pack
 }
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c "import torch, transformers, \
-diffusers; print(torch.__version__, torch.version.cuda, transformers.__version__, diffusers.__version__)"; \
-  date -u; } > "$W/env.log" 2>&1
-cat "$W/env.log"
+gpu_env "$W/env.log"
 PARTS=${PARTS:-all}
 want() { [ "$PARTS" = all ] || [[ ",$PARTS," == *",$1,"* ]]; }
 RUN="python3 -m torch.distributed.run --standalone --nproc_per_node 1 -m thinkgen.rl.sepgrpo"

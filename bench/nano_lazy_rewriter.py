@@ -76,12 +76,15 @@ def main(argv=None) -> int:
     sft = args.run / "data" / "sft.jsonl"
     if not sft.is_file():
         ap.error(f"--run {args.run} has no data/sft.jsonl: pass a `thinkgen train nano --out DIR` folder")
-    mllm_start = next((p for p in (args.run / "mllm" / "run2" / "final", args.run / "mllm" / "run" / "final")
-                       if (p / "mllm").is_dir()), None) if args.mllm_start is None else args.mllm_start
-    if args.mllm_start is not None and not all((args.mllm_start / d).is_dir() for d in ("mllm", "processor")):
-        ap.error(f"--mllm-start {args.mllm_start} has no mllm/ and processor/: pass a released-layout model folder")
-    if mllm_start is None:
-        ap.error(f"--run {args.run} has no mllm/run2/final or mllm/run/final: its MLLM SFT stage has not finished")
+    if args.mllm_start is not None:
+        if not all((args.mllm_start / d).is_dir() for d in ("mllm", "processor")):
+            ap.error(f"--mllm-start {args.mllm_start} has no mllm/ and processor/: pass a released-layout model folder")
+        mllm_start = args.mllm_start
+    else:
+        mllm_start = next((p for p in (args.run / "mllm" / "run2" / "final", args.run / "mllm" / "run" / "final")
+                           if (p / "mllm").is_dir()), None)
+        if mllm_start is None:
+            ap.error(f"--run {args.run} has no mllm/run2/final or mllm/run/final: its MLLM SFT stage has not finished")
     if not (args.start / "model_index.json").is_file():
         ap.error(f"--start {args.start} has no model_index.json: pass a released-layout folder")
     if (args.out / "model").exists():

@@ -15,17 +15,11 @@ OUT=${2:?usage}
 DEADLINE=${3:-450}
 W=/tmp/p4
 mkdir -p "$W" "$OUT"
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false PYTHONPATH=$PWD OMP_NUM_THREADS=3
-if compgen -G ".whl/*.whl" > /dev/null; then    # wheels the machine lacks (diffusers, our transformers)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || { echo "wheel install failed"; exit 1; }
-  export PYTHONPATH=/tmp/site:$PWD
-fi
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=3
+. bench/gpu_env.sh
+gpu_wheels "$W/pip.log" || exit 1    # wheels the machine lacks (diffusers, our transformers)
 T0=$(date +%s)
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/env.txt" 2>&1
-python3 -c "import torch, transformers, diffusers; print(torch.__version__, transformers.__version__, diffusers.__version__)" >> "$OUT/env.txt" 2>&1
-date -u >> "$OUT/env.txt"
-cat "$OUT/env.txt"
+gpu_env "$OUT/env.txt"
 SG="python3 -m thinkgen.rl.sepgrpo --config configs/sepgrpo_nano_proof4.yaml --model_dir=$M --device=cuda
     --progress=false --save_every=25 --keep_last=0 --dit.steps=300"
 $SG --output_dir=$W/A > "$W/A.log" 2>&1 &
