@@ -330,3 +330,19 @@ def test_understanding_answers_match_scene():
         if s.category == "count" and s.question == "how many shapes are there?":
             assert normalise_answer(s.answer) == normalise_answer(str(len(sc.objects)))
         assert _key(parse(s.input_image())) == _key(sc)
+
+
+def test_eval_repeats_draw_new_noise_and_specs_are_counted():
+    """Held-out two_object has 2 specs: 10 prompts repeat them, and each repeat gets new seeds (not the same images
+    counted again); the summary says how many distinct prompts each accuracy rests on."""
+    from thinkgen.nano.evaluate import sample_seeds
+    from thinkgen.nano.prompts import sample_uid
+
+    samples = generate("composition", 10, seed=1234, split="heldout", categories=("two_object",))
+    uids = [sample_uid(s) for s in samples]
+    first = sample_seeds(samples, seeds=2, base=5)
+    pairs = [(u, f + j) for u, f in zip(uids, first) for j in range(2)]
+    assert len(set(pairs)) == len(pairs)                       # no (prompt, seed) image drawn twice
+    assert first[0] == 5 and len(set(uids)) < len(uids)
+    agg = aggregate([(s, {"correct": True}) for s in samples])
+    assert agg["composition"]["specs"] == {"two_object": len(set(uids))}

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from thinkgen.mllm import split_thoughts
-from thinkgen.nano.prompts import FAMILIES, GENEVAL_CATEGORIES, IMAGE_FAMILIES, generate
+from thinkgen.nano.prompts import FAMILIES, GENEVAL_CATEGORIES, IMAGE_FAMILIES, sample_uid, generate
 from thinkgen.nano.scoring import aggregate, score, score_answer
 
 EVAL_SEED = 1234          # prompt-drawing seed of the held-out set
@@ -52,15 +52,31 @@ def _chunks(xs, n):
         yield xs[i:i + n]
 
 
+def sample_seeds(samples, seeds: int, base: int) -> list[int]:
+    """First noise seed of every sample: ``base`` for a prompt's first occurrence, ``base + k * seeds`` for its k-th
+    repeat. Small categories repeat prompts (composition/two_object has 2 held-out specs); a repeat with the same seeds
+    would redraw the same images and count them again, so each repeat draws new noise instead."""
+    seen: dict[str, int] = {}
+    out = []
+    for s in samples:
+        key = sample_uid(s)
+        k = seen.get(key, 0)
+        seen[key] = k + 1
+        out.append(base + k * seeds)
+    return out
+
+
 def run_images(pipe, samples, mode: str, seeds: int, d: dict, args) -> list[dict]:
     """Generate ``seeds`` images per sample (batched) with think ``mode``; returns one record per image."""
     recs = []
-    for chunk in _chunks(samples, max(1, args.batch_size // seeds)):
+    first = sample_seeds(samples, seeds, args.seed)
+    step = max(1, args.batch_size // seeds)
+    for i0, chunk in zip(range(0, len(samples), step), _chunks(samples, step)):
         prompts = [s.prompt for s in chunk]
         images = [[s.input_image()] if s.input_scene is not None else [] for s in chunk]
         kw = dict(think=mode, height=64, width=64, num_inference_steps=args.steps or d.get("num_inference_steps", 20),
                   text_guidance_scale=args.text_guidance, image_guidance_scale=args.image_guidance,
-                  num_images_per_prompt=seeds, seed=args.seed,
+                  num_images_per_prompt=seeds, seed=first[i0:i0 + len(chunk)],
                   max_think_tokens=d.get("max_think_tokens", 160), max_answer_tokens=d.get("max_answer_tokens", 48))
         if "think_do_sample" in d:
             kw["think_do_sample"] = d["think_do_sample"]
@@ -73,7 +89,7 @@ def run_images(pipe, samples, mode: str, seeds: int, d: dict, args) -> list[dict
                 img = out.images[b * seeds + j]
                 r = score(s, img)
                 recs.append({"family": s.family, "category": s.category, "think": mode, "seed": out.seeds[b * seeds + j],
-                             "prompt": s.prompt, "instruction": out.instructions[b], "thoughts": out.thoughts[b],
+                             "uid": sample_uid(s), "prompt": s.prompt, "instruction": out.instructions[b], "thoughts": out.thoughts[b],
                              "correct": bool(r["correct"]), "score": float(r["score"]),
                              "answer_correct": None if ans is None else bool(ans["correct"]),
                              "_sample": s, "_image": img if j == 0 else None})
@@ -90,7 +106,7 @@ def run_understanding(pipe, samples) -> list[dict]:
         thoughts, answer = split_thoughts(text)
         r = score_answer(s, answer)
         recs.append({"family": "understanding", "category": s.category, "think": "n/a", "seed": None,
-                     "prompt": s.question or s.prompt, "instruction": answer, "thoughts": thoughts,
+                     "uid": sample_uid(s), "prompt": s.question or s.prompt, "instruction": answer, "thoughts": thoughts,
                      "correct": bool(r["correct"]), "score": float(r["score"]), "answer_correct": None,
                      "_sample": s, "_image": None})
     return recs
@@ -130,20 +146,25 @@ def markdown(summary: dict, meta: dict) -> str:
              f"{meta['seeds']} seeds; "
              f"{meta['steps']} Euler steps, text CFG {meta['text_guidance']}, image CFG {meta['image_guidance']}; "
              f"eval time {meta['seconds']} s.", "",
-             "| family | category | think off | think on |", "| --- | --- | --- | --- |"]
+             "| family | category | think off | think on | distinct prompts |", "| --- | --- | --- | --- | --- |"]
+
+    def k(fam, cat=None):
+        f = off.get(fam) or on.get(fam) or {}
+        sp = f.get("specs", {})
+        return "-" if not sp else str(sp.get(cat, "-") if cat else sum(sp.values()))
     for fam in IMAGE_FAMILIES:
         cats = [c for c in (off.get(fam) or on.get(fam) or {}).get("categories", {})]
         if fam == "composition":
             cats = [c for c in GENEVAL_CATEGORIES if c in cats] + [c for c in cats if c not in GENEVAL_CATEGORIES]
         for c in cats:
-            lines.append(f"| {fam} | {c} | {g(off, fam, c)} | {g(on, fam, c)} |")
+            lines.append(f"| {fam} | {c} | {g(off, fam, c)} | {g(on, fam, c)} | {k(fam, c)} |")
         label = "**overall (GenEval mean)**" if fam == "composition" else "**overall**"
-        lines.append(f"| {fam} | {label} | {g(off, fam)} | {g(on, fam)} |")
+        lines.append(f"| {fam} | {label} | {g(off, fam)} | {g(on, fam)} | {k(fam)} |")
     u = summary.get("understanding")
     if u:
         for c, v in u["categories"].items():
-            lines.append(f"| understanding | {c} | {v:.3f} | (chat) |")
-        lines.append(f"| understanding | **overall** | {u['overall']:.3f} | (chat) |")
+            lines.append(f"| understanding | {c} | {v:.3f} | (chat) | {u.get('specs', {}).get(c, '-')} |")
+        lines.append(f"| understanding | **overall** | {u['overall']:.3f} | (chat) | {sum(u.get('specs', {}).values()) or '-'} |")
     aa = on.get("answer_accuracy")
     if aa:
         lines += ["", "MLLM answer accuracy with think on (the instruction written after `</think>`, scored as text):",

@@ -905,7 +905,8 @@ _MAKERS: dict[str, Callable[[random.Random, str], Sample | None]] = {
     "reflection": _reflection, "understanding": _understanding}
 
 
-def _uid(s: Sample) -> str:
+def sample_uid(s: Sample) -> str:
+    """Identity of a drawn sample: prompt + input scene (+ the image a reflection sample shows)."""
     return f"{s.prompt}|{s.input_scene.signature() if s.input_scene else ''}|{s.meta.get('shown', '')}"
 
 
@@ -933,7 +934,7 @@ def generate(family: str, n: int, seed: int = 0, split: str = "train", categorie
             s = _MAKERS[family](rng, cat)
             if s is None or split_of(s.key) != split:
                 continue
-            if not unique or cat in exhausted or _uid(s) not in seen:
+            if not unique or cat in exhausted or sample_uid(s) not in seen:
                 chosen = s
                 break
             fallback = fallback or s
@@ -946,7 +947,7 @@ def generate(family: str, n: int, seed: int = 0, split: str = "train", categorie
         chosen.split = split
         for name in ("prompt", "think", "instruction", "question", "answer"):
             setattr(chosen, name, normalise_text(getattr(chosen, name)))
-        seen.add(_uid(chosen))
+        seen.add(sample_uid(chosen))
         out.append(chosen)
     return out
 
@@ -982,5 +983,5 @@ def vocabulary() -> list[str]:
 
 
 __all__ = ["FAMILIES", "CATEGORIES", "GENEVAL_CATEGORIES", "IMAGE_FAMILIES", "HELDOUT_FRACTION", "Sample",
-           "EditTarget", "ObjTarget", "EditOp", "generate", "vocabulary", "split_of", "spec_key", "edit_caption",
+           "EditTarget", "ObjTarget", "EditOp", "generate", "sample_uid", "vocabulary", "split_of", "spec_key", "edit_caption",
            "parse_edit", "apply_edit", "COUNT_FACTS", "COLOUR_FACTS", "SHAPE_FACTS", "text_fact"]

@@ -318,10 +318,15 @@ def _spec_scene(spec: SceneSpec) -> Scene:
 
 def aggregate(records) -> dict:
     """records: iterable of (sample, result dict). Returns {family: {"categories": {cat: acc}, "overall": x,
-    "n": n}}; composition overall = mean of the six GenEval category accuracies that are present."""
+    "n": n, "specs": {cat: distinct prompts}}}; composition overall = mean of the six GenEval category accuracies
+    that are present. ``specs`` says how many different prompts (+ input scenes) a category's accuracy rests on."""
+    from thinkgen.nano.prompts import sample_uid
+
     acc: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    uids: dict[str, dict[str, set]] = defaultdict(lambda: defaultdict(set))
     for s, r in records:
         acc[s.family][s.category].append(1.0 if r["correct"] else 0.0)
+        uids[s.family][s.category].add(sample_uid(s))
     out = {}
     for fam, cats in acc.items():
         per = {c: sum(v) / len(v) for c, v in cats.items()}
@@ -331,7 +336,8 @@ def aggregate(records) -> dict:
         else:
             allv = [x for v in cats.values() for x in v]
             overall = sum(allv) / len(allv)
-        out[fam] = {"categories": per, "overall": overall, "n": sum(len(v) for v in cats.values())}
+        out[fam] = {"categories": per, "overall": overall, "n": sum(len(v) for v in cats.values()),
+                    "specs": {c: len(u) for c, u in uids[fam].items()}}
     return out
 
 
