@@ -151,8 +151,12 @@ def markdown(summary: dict, meta: dict) -> str:
     def k(fam, cat=None):
         f = off.get(fam) or on.get(fam) or {}
         sp = f.get("specs", {})
+        if cat is None and fam == "composition":     # the GenEval mean rests on its six categories only
+            sp = {c: v for c, v in sp.items() if c in GENEVAL_CATEGORIES}
         return "-" if not sp else str(sp.get(cat, "-") if cat else sum(sp.values()))
     for fam in IMAGE_FAMILIES:
+        if not (off.get(fam) or on.get(fam)):
+            continue
         cats = [c for c in (off.get(fam) or on.get(fam) or {}).get("categories", {})]
         if fam == "composition":
             cats = [c for c in GENEVAL_CATEGORIES if c in cats] + [c for c in cats if c not in GENEVAL_CATEGORIES]
