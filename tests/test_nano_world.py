@@ -345,4 +345,4 @@ def test_eval_repeats_draw_new_noise_and_specs_are_counted():
     assert len(set(pairs)) == len(pairs)                       # no (prompt, seed) image drawn twice
     assert first[0] == 5 and len(set(uids)) < len(uids)
     agg = aggregate([(s, {"correct": True}) for s in samples])
-    assert agg["composition"]["specs"] == {"two_object": len(set(uids))}
+    assert agg["composition"]["distinct_prompts"] == {"two_object": len(set(uids))}

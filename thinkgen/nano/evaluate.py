@@ -4,7 +4,8 @@
 
 For every image family (composition per GenEval category + compound, reasoning, text, editing, reflection) the
 held-out prompts (``prompts.generate(..., split="heldout")``) are generated with think off and on, ``--seeds`` noise
-seeds each (image j of a prompt uses seed + j; thinking is greedy unless the model's defaults say otherwise), and
+seeds each (image j of a prompt uses seed + j, and the k-th repeat of a prompt -- small categories have only 2-4
+held-out specs -- starts at seed + k * seeds; thinking is greedy unless the model's defaults say otherwise), and
 every image is scored by the parser (``scoring.score``). With think on, the MLLM's answer after ``</think>`` is also
 scored as text (``scoring.score_answer``: "answer accuracy"). Understanding: ``pipeline.chat`` on the input scene,
 scored by ``score_answer`` (greedy, seed-independent).
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 
 from thinkgen.mllm import split_thoughts
-from thinkgen.nano.prompts import FAMILIES, GENEVAL_CATEGORIES, IMAGE_FAMILIES, sample_uid, generate
+from thinkgen.nano.prompts import FAMILIES, GENEVAL_CATEGORIES, IMAGE_FAMILIES, generate, sample_uid
 from thinkgen.nano.scoring import aggregate, score, score_answer
 
 EVAL_SEED = 1234          # prompt-drawing seed of the held-out set
@@ -88,8 +89,9 @@ def run_images(pipe, samples, mode: str, seeds: int, d: dict, args) -> list[dict
             for j in range(seeds):
                 img = out.images[b * seeds + j]
                 r = score(s, img)
-                recs.append({"family": s.family, "category": s.category, "think": mode, "seed": out.seeds[b * seeds + j],
-                             "uid": sample_uid(s), "prompt": s.prompt, "instruction": out.instructions[b], "thoughts": out.thoughts[b],
+                recs.append({"family": s.family, "category": s.category, "think": mode,
+                             "seed": out.seeds[b * seeds + j], "uid": sample_uid(s), "prompt": s.prompt,
+                             "instruction": out.instructions[b], "thoughts": out.thoughts[b],
                              "correct": bool(r["correct"]), "score": float(r["score"]),
                              "answer_correct": None if ans is None else bool(ans["correct"]),
                              "_sample": s, "_image": img if j == 0 else None})
@@ -106,7 +108,8 @@ def run_understanding(pipe, samples) -> list[dict]:
         thoughts, answer = split_thoughts(text)
         r = score_answer(s, answer)
         recs.append({"family": "understanding", "category": s.category, "think": "n/a", "seed": None,
-                     "uid": sample_uid(s), "prompt": s.question or s.prompt, "instruction": answer, "thoughts": thoughts,
+                     "uid": sample_uid(s), "prompt": s.question or s.prompt, "instruction": answer,
+                     "thoughts": thoughts,
                      "correct": bool(r["correct"]), "score": float(r["score"]), "answer_correct": None,
                      "_sample": s, "_image": None})
     return recs
@@ -150,7 +153,7 @@ def markdown(summary: dict, meta: dict) -> str:
 
     def k(fam, cat=None):
         f = off.get(fam) or on.get(fam) or {}
-        sp = f.get("specs", {})
+        sp = f.get("distinct_prompts", {})
         if cat is None and fam == "composition":     # the GenEval mean rests on its six categories only
             sp = {c: v for c, v in sp.items() if c in GENEVAL_CATEGORIES}
         return "-" if not sp else str(sp.get(cat, "-") if cat else sum(sp.values()))
@@ -167,8 +170,9 @@ def markdown(summary: dict, meta: dict) -> str:
     u = summary.get("understanding")
     if u:
         for c, v in u["categories"].items():
-            lines.append(f"| understanding | {c} | {v:.3f} | (chat) | {u.get('specs', {}).get(c, '-')} |")
-        lines.append(f"| understanding | **overall** | {u['overall']:.3f} | (chat) | {sum(u.get('specs', {}).values()) or '-'} |")
+            lines.append(f"| understanding | {c} | {v:.3f} | (chat) | {u.get('distinct_prompts', {}).get(c, '-')} |")
+        n_und = sum(u.get("distinct_prompts", {}).values()) or "-"
+        lines.append(f"| understanding | **overall** | {u['overall']:.3f} | (chat) | {n_und} |")
     aa = on.get("answer_accuracy")
     if aa:
         lines += ["", "MLLM answer accuracy with think on (the instruction written after `</think>`, scored as text):",

@@ -983,5 +983,5 @@ def vocabulary() -> list[str]:
 
 
 __all__ = ["FAMILIES", "CATEGORIES", "GENEVAL_CATEGORIES", "IMAGE_FAMILIES", "HELDOUT_FRACTION", "Sample",
-           "EditTarget", "ObjTarget", "EditOp", "generate", "sample_uid", "vocabulary", "split_of", "spec_key", "edit_caption",
-           "parse_edit", "apply_edit", "COUNT_FACTS", "COLOUR_FACTS", "SHAPE_FACTS", "text_fact"]
+           "EditTarget", "ObjTarget", "EditOp", "generate", "sample_uid", "vocabulary", "split_of", "spec_key",
+           "edit_caption", "parse_edit", "apply_edit", "COUNT_FACTS", "COLOUR_FACTS", "SHAPE_FACTS", "text_fact"]

@@ -318,8 +318,8 @@ def _spec_scene(spec: SceneSpec) -> Scene:
 
 def aggregate(records) -> dict:
     """records: iterable of (sample, result dict). Returns {family: {"categories": {cat: acc}, "overall": x,
-    "n": n, "specs": {cat: distinct prompts}}}; composition overall = mean of the six GenEval category accuracies
-    that are present. ``specs`` says how many different prompts (+ input scenes) a category's accuracy rests on."""
+    "n": n, "distinct_prompts": {cat: n}}}; composition overall = mean of the six GenEval category accuracies
+    that are present. ``distinct_prompts``: how many different prompts (+ input scenes) each accuracy rests on."""
     from thinkgen.nano.prompts import sample_uid
 
     acc: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -337,7 +337,7 @@ def aggregate(records) -> dict:
             allv = [x for v in cats.values() for x in v]
             overall = sum(allv) / len(allv)
         out[fam] = {"categories": per, "overall": overall, "n": sum(len(v) for v in cats.values()),
-                    "specs": {c: len(u) for c, u in uids[fam].items()}}
+                    "distinct_prompts": {c: len(u) for c, u in uids[fam].items()}}
     return out
 
 
