@@ -59,6 +59,9 @@ def main(argv=None) -> int:
     if args.n < 1 or args.group < 2 or args.threads < 1 or args.window_max_start < 1:
         ap.error(f"need --n >= 1, --group >= 2, --threads >= 1, --window-max-start >= 1 (got {args.n}, "
                  f"{args.group}, {args.threads}, {args.window_max_start})")
+    for nl, ws, _ in grid:
+        if not (nl >= 0 and 1 <= ws <= args.num_steps):
+            ap.error(f"--grid: noise level {nl} must be >= 0 and window {ws} within 1..--num-steps ({args.num_steps})")
     if not (Path(args.model) / "model_index.json").is_file():
         ap.error(f"--model {args.model}: no model_index.json there (give a released-layout checkpoint folder)")
 
