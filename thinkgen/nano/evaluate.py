@@ -48,11 +48,6 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _chunks(xs, n):
-    for i in range(0, len(xs), n):
-        yield xs[i:i + n]
-
-
 def sample_seeds(samples, seeds: int, base: int) -> list[int]:
     """First noise seed of every sample: ``base`` for a prompt's first occurrence, ``base + k * seeds`` for its k-th
     repeat. Small categories repeat prompts (composition/two_object has 2 held-out specs); a repeat with the same seeds
@@ -72,7 +67,8 @@ def run_images(pipe, samples, mode: str, seeds: int, d: dict, args) -> list[dict
     recs = []
     first = sample_seeds(samples, seeds, args.seed)
     step = max(1, args.batch_size // seeds)
-    for i0, chunk in zip(range(0, len(samples), step), _chunks(samples, step)):
+    for i0 in range(0, len(samples), step):
+        chunk = samples[i0:i0 + step]
         prompts = [s.prompt for s in chunk]
         images = [[s.input_image()] if s.input_scene is not None else [] for s in chunk]
         kw = dict(think=mode, height=64, width=64, num_inference_steps=args.steps or d.get("num_inference_steps", 20),

@@ -31,7 +31,7 @@ from collections import defaultdict
 from thinkgen.errors import InvalidInputError
 from thinkgen.nano.parser import parse
 from thinkgen.nano.prompts import (
-    GENEVAL_CATEGORIES, EditTarget, Sample, apply_edit, parse_edit)
+    GENEVAL_CATEGORIES, EditTarget, Sample, apply_edit, parse_edit, sample_uid)
 from thinkgen.nano.world import (
     COLOUR_NAMES, COUNT_WORDS, KINDS, MAX_COUNT, SIZE_NAMES, GroupSpec, Obj, Scene, SceneSpec,
     normalise_text, relative_position)
@@ -320,8 +320,6 @@ def aggregate(records) -> dict:
     """records: iterable of (sample, result dict). Returns {family: {"categories": {cat: acc}, "overall": x,
     "n": n, "distinct_prompts": {cat: n}}}; composition overall = mean of the six GenEval category accuracies
     that are present. ``distinct_prompts``: how many different prompts (+ input scenes) each accuracy rests on."""
-    from thinkgen.nano.prompts import sample_uid
-
     acc: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     uids: dict[str, dict[str, set]] = defaultdict(lambda: defaultdict(set))
     for s, r in records:
