@@ -41,13 +41,11 @@ def spec_space(category: str):
 def census() -> dict:
     out = {}
     for cat in GENEVAL_CATEGORIES:
-        specs = [s for s in spec_space(cat) if _fits(s)]
-        keys = {spec_key(s) for s in specs}
-        held = sorted(k for k in keys if split_of(k) == "heldout")
-        prompts = sorted({rendered_caption(s) for s in specs if split_of(spec_key(s)) == "heldout"})
-        out[cat] = {"prompts": len({rendered_caption(s) for s in specs}), "specs": len(keys),
-                    "heldout_specs": len(held), "heldout_prompts": len(prompts),
-                    "heldout_examples": prompts[:6]}
+        caption_key = {rendered_caption(s): spec_key(s) for s in spec_space(cat) if _fits(s)}   # word order -> spec
+        held = sorted(c for c, k in caption_key.items() if split_of(k) == "heldout")
+        out[cat] = {"prompts": len(caption_key), "specs": len(set(caption_key.values())),
+                    "heldout_specs": len({caption_key[c] for c in held}), "heldout_prompts": len(held),
+                    "heldout_examples": held[:6]}
     return out
 
 
@@ -55,6 +53,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", type=Path, default=None, help="also write the census as JSON here (atomically)")
     args = ap.parse_args(argv)
+    if args.json is not None and not args.json.parent.is_dir():
+        ap.error(f"--json {args.json}: folder {args.json.parent} does not exist (create it or give another path)")
     rows = census()
     print(f"held-out fraction {HELDOUT_FRACTION}; {len(KINDS)} kinds, {len(COLOUR_NAMES)} colours, counts 2-{MAX_COUNT}, "
           f"{len(RELATIONS)} relations\n")
