@@ -8,8 +8,8 @@
 #
 # Every variant = configs/sepgrpo_nano_proof6.yaml with schedule [dit] plus the overrides in VARIANTS below
 # (the proof-6 DiT phase is "ctrl"). Training stops at TRAIN_S seconds (default 330) or at dit.steps; the newest
-# checkpoint (save_every 25) of each run is then evaluated: composition 140 x 4 seeds think off, text and editing
-# 32 x 2 think off / on. GPU numbers rank settings; a proof is a CPU run.
+# checkpoint (save_every SWEEP_SAVE, default 25) of each run is then evaluated: composition 140 x 4 seeds think off, text and editing
+# 32 x 2 think off / on (SWEEP_TE=0 skips them). GPU numbers rank settings; a proof is a CPU run.
 set -u
 M=${1:?usage: bash bench/dit_grpo_gpu_sweep.sh START_MODEL OUTDIR [TRAIN_S] [DEVICE]}
 OUT=${2:?usage}
@@ -36,7 +36,7 @@ while IFS='|' read -r name over; do
   NAMES+=("$name")
   # shellcheck disable=SC2086
   $PY -m thinkgen.rl.sepgrpo --config configs/sepgrpo_nano_proof6.yaml --model_dir="$M" --device="$DEV" \
-    --schedule=[dit] --eval_before=false --progress=false --save_every=25 --keep_last=0 --dit.steps=${SWEEP_STEPS:-200} \
+    --schedule=[dit] --eval_before=false --progress=false --save_every=${SWEEP_SAVE:-25} --keep_last=0 --dit.steps=${SWEEP_STEPS:-200} \
     --output_dir="$W/$name" $over > "$W/$name.log" 2>&1 &
 done <<< "$VARIANTS"
 EV="$PY -m thinkgen.cli eval nano --device $DEV"
@@ -44,7 +44,7 @@ NC=${SWEEP_EVAL_N:-140}
 EVC="--n-per-family ${SWEEP_EVAL_F:-32} --n-composition $NC --families composition,text,editing"
 $EV --model "$M" --out "$W/ev_start" --seeds 4 --families composition --n-composition $NC --think off \
   > "$W/ev_start.log" 2>&1
-$EV --model "$M" --out "$W/ev_start_te" --seeds 2 $EVC > "$W/ev_start_te.log" 2>&1
+[ "${SWEEP_TE:-1}" = 1 ] && $EV --model "$M" --out "$W/ev_start_te" --seeds 2 $EVC > "$W/ev_start_te.log" 2>&1
 while [ $(( $(date +%s) - T0 )) -lt "$TRAIN_S" ] && pgrep -f thinkgen.rl.sepgrpo > /dev/null; do sleep 3; done
 pkill -f thinkgen.rl.sepgrpo; sleep 3
 echo "training stopped at +$(( $(date +%s) - T0 ))s"
@@ -56,7 +56,7 @@ for r in "${NAMES[@]}"; do
   echo "${last##*step-}" > "$W/$r.step"
   ( $EV --model "$last/model" --out "$W/ev_$r" --seeds 4 --families composition --n-composition $NC --think off \
       > "$W/ev_$r.log" 2>&1
-    $EV --model "$last/model" --out "$W/ev_${r}_te" --seeds 2 $EVC > "$W/ev_${r}_te.log" 2>&1 ) &
+    [ "${SWEEP_TE:-1}" = 1 ] && $EV --model "$last/model" --out "$W/ev_${r}_te" --seeds 2 $EVC > "$W/ev_${r}_te.log" 2>&1 ) &
 done
 wait
 $PY - "$W" "$OUT" "${NAMES[@]}" <<'EOF'
