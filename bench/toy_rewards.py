@@ -1,5 +1,6 @@
 """Toy rewards for sanity runs of the RL trainers (a benchmark helper, not part of the library).
 
+    # from the repository root, so that `bench.toy_rewards` imports:
     thinkgen train sepgrpo --config ... "--reward_modules=[bench.toy_rewards]" "--dit.reward_weights={image_darkness: 1.0}"
 
 ``image_darkness`` (1 - mean pixel value, in [0, 1]) is a dense reward that every image earns differently, so a

@@ -398,6 +398,22 @@ def test_resume_refuses_changed_config(tiny_ckpt, prompts_file, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- nano reward
+def test_bench_toy_rewards_register_and_score():
+    """bench/toy_rewards.py (the sanity reward of bench/results/sepgrpo_nano_proof7.md) loads through
+    ``reward_modules`` and scores a black image 1 and a white one 0 for darkness."""
+    from PIL import Image
+
+    from thinkgen.rl.rewards import build_reward
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import bench.toy_rewards  # noqa: F401  (registers image_brightness / image_darkness)
+
+    ims = [Image.new("RGB", (8, 8), (0, 0, 0)), Image.new("RGB", (8, 8), (255, 255, 255))]
+    dark = build_reward("image_darkness")(ims, ["a", "b"], [{}, {}])
+    bright = build_reward("image_brightness")(ims, ["a", "b"], [{}, {}])
+    assert dark.tolist() == [1.0, 0.0] and bright.tolist() == [0.0, 1.0]
+
+
 def test_nano_reward_uses_the_nano_scorer(monkeypatch):
     import types
 
