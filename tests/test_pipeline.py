@@ -208,6 +208,39 @@ def test_edit_cfg_is_three_pass():
     assert torch.allclose(v, vu + 2.0 * (vr - vu) + 4.0 * (vc - vr))
 
 
+class _ScaledDiT(torch.nn.Module):
+    """v = w * (features' mean per sample + 10 per reference image), broadcast: one learnable scalar."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(1.5))
+        self.rec = _RecordingDiT()
+
+    def forward(self, x, t, feats, mask, refs):
+        return self.w * self.rec(x, t, feats, mask, refs)
+
+
+@pytest.mark.parametrize("refs", [False, True])
+def test_detach_uncond_keeps_the_value_and_trains_the_conditional_branch_only(refs):
+    """Flow-GRPO train_sd3.py style CFG gradient: same velocity; d v / d w comes from text_scale * v_cond / w alone."""
+    cond, neg = _conds(refs=refs)
+    x = torch.zeros(2, 4, 2, 2)
+    g = Guidance(4.0, 2.0)
+    grads, values = [], []
+    for detach in (False, True):
+        dit = _ScaledDiT()
+        v = guided_velocity(dit, x, torch.tensor(0.5), cond, neg, g, 0, 10, detach_uncond=detach)
+        v.sum().backward()
+        grads.append(dit.w.grad.item())
+        values.append(v.detach())
+    assert torch.equal(values[0], values[1])
+    unit = _RecordingDiT()
+    vc = unit(x, None, cond.features, cond.mask, cond.ref_latents)
+    assert grads[1] == pytest.approx(4.0 * vc.sum().item())
+    assert grads[0] == pytest.approx((values[0] / 1.5).sum().item())   # v is linear in w: dv/dw = v / w
+    assert grads[0] != pytest.approx(grads[1])
+
+
 def test_cfg_range_on_step_fraction():
     dit = _RecordingDiT()
     cond, neg = _conds()

@@ -112,8 +112,13 @@ def guided_velocity(
     guidance: Guidance,
     step_index: int,
     num_steps: int,
+    detach_uncond: bool = False,
 ) -> Tensor:
-    """Velocity with CFG for one step. x: (B, C, H, W); t: scalar or (B,)."""
+    """Velocity with CFG for one step. x: (B, C, H, W); t: scalar or (B,).
+
+    ``detach_uncond``: the value is unchanged, but gradients reach the DiT through the conditional branch only (the
+    unconditional and reference-only branches are detached), as Flow-GRPO's ``train_sd3.py`` trains.
+    """
     B = x.shape[0]
     t = t.reshape(-1).expand(B) if t.numel() == 1 else t
     use_cfg = neg is not None and flow.cfg_active(step_index, num_steps, guidance.cfg_range)
@@ -130,6 +135,8 @@ def guided_velocity(
     n = len(branches)
     v = dit(x.repeat(n, 1, 1, 1), t.repeat(n), big.features, big.mask, big.ref_latents)
     parts = v.chunk(n)
+    if detach_uncond:
+        parts = (parts[0],) + tuple(p.detach() for p in parts[1:])
     if edit:
         return flow.edit_cfg_velocity(parts[0], parts[1], parts[2], text_scale, image_scale)
     return flow.cfg_velocity(parts[0], parts[1], text_scale)

@@ -187,6 +187,7 @@ class DiTPhaseConfig(OptimConfig):
     same_noise: bool = False                # one initial noise for every image of a group
     guidance_scale: float = 4.5             # text CFG in rollouts AND in the training forward (1 = off)
     image_guidance_scale: float = 2.0       # reference-image CFG (editing prompts)
+    detach_uncond: bool = False             # gradients through the conditional CFG branch only (train_sd3.py)
     # --- which steps are trained (and the only ones that get SDE noise; the rest are Euler)
     train_timesteps: str = "fraction"       # "fraction": the first int(num_steps * timestep_fraction) steps;
     #                                         "window": window_size consecutive steps starting in window_range

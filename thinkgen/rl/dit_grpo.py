@@ -11,7 +11,8 @@ Pieces, in the order a step uses them:
    x_{j+1} and its mean, then ``losses.flow_grpo_step_loss`` (PPO clip, advantage clip, closed-form KL of the step
    means against the reference DiT under the same CFG).
 
-Choices: the unconditional CFG branch is not detached (Flow-GRPO's fast script; ``train_sd3.py`` detaches it);
+Choices: the unconditional CFG branch is not detached by default (Flow-GRPO's fast script; ``train_sd3.py`` detaches
+it: ``dit.detach_uncond: true``);
 only trained steps get SDE noise, the others are Euler (Flow-GRPO-Fast; with ``train_timesteps: fraction`` the
 last untrained step is therefore deterministic); the window start is drawn per step from the run seed, the same on
 every rank (Flow-GRPO-Fast re-seeds it per rank).
@@ -109,7 +110,7 @@ def dit_grpo_update(policy: Callable, reference, roll: ImageRollout, advantages:
         for j in roll.train_steps:
             t, t_next = ts[j], ts[j + 1]
             x, x_next = roll.states[idx, j], roll.states[idx, j + 1]
-            v = guided_velocity(policy, x, t.to(x.dtype), cond, neg, guidance, j, S)
+            v = guided_velocity(policy, x, t.to(x.dtype), cond, neg, guidance, j, S, detach_uncond=cfg.detach_uncond)
             step = flow.sde_step(x, v, t, t_next, cfg.noise_level, x_next=x_next, t_min=t_min, kind=cfg.sde_type)
             ref_mean = None
             if cfg.kl_coef > 0:
