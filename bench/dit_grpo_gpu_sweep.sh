@@ -15,6 +15,9 @@ M=${1:?usage: bash bench/dit_grpo_gpu_sweep.sh START_MODEL OUTDIR [TRAIN_S] [DEV
 OUT=${2:?usage}
 TRAIN_S=${3:-330}
 DEV=${4:-cuda}
+[ -f "$M/model_index.json" ] || { echo "START_MODEL $M is not a checkpoint folder (no model_index.json); pass e.g." \
+  "runs/p6A/checkpoints/step-00000080/model"; exit 2; }
+[ ! -e "$OUT" ] || [ -d "$OUT" ] || { echo "OUTDIR $OUT exists and is not a folder; pass a folder"; exit 2; }
 W=${SWEEP_WORK:-/tmp/dgs}
 mkdir -p "$W" "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${SWEEP_THREADS:-2}
