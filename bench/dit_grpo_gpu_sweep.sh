@@ -64,19 +64,10 @@ done
 wait
 $PY - "$W" "$OUT" "${NAMES[@]}" <<'EOF'
 import json, sys, pathlib
+sys.path.insert(0, ".")
+from bench.eval_summary import flat_summary
 w, out, names = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3:]
-def summary(d):
-    f = d / "results.json"
-    if not f.is_file():
-        return {}
-    s, row = json.loads(f.read_text())["summary"], {}
-    for mode in ("off", "on"):
-        for fam, v in s.get(f"think_{mode}", {}).items():
-            if isinstance(v, dict) and "overall" in v:
-                row[f"{fam}_{mode}"] = round(v["overall"], 4)
-                for c, x in v.get("categories", {}).items():
-                    row[f"{fam}/{c}_{mode}"] = round(x, 4)
-    return row
+summary = lambda d: flat_summary(d / "results.json", digits=4)
 rows, metrics = {}, {}
 for n in ["start"] + names:
     a, b = summary(w / f"ev_{n}"), summary(w / f"ev_{n}_te")

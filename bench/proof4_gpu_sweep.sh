@@ -50,21 +50,15 @@ done
 wait
 python3 - "$W" "$OUT" <<'EOF'
 import json, sys, pathlib
+sys.path.insert(0, ".")
+from bench.eval_summary import flat_summary
 w, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 rows = {}
 for d in sorted(w.glob("ev_*")):
     f = d / "results.json"
     if not f.is_file():
         continue
-    s = json.loads(f.read_text())["summary"]
-    row = {}
-    for mode in ("off", "on"):
-        for fam, v in s.get(f"think_{mode}", {}).items():
-            if isinstance(v, dict) and "overall" in v:
-                row[f"{fam}_{mode}"] = round(v["overall"], 3)
-                for c, x in v.get("categories", {}).items():
-                    row[f"{fam}/{c}_{mode}"] = round(x, 3)
-    rows[d.name] = row
+    rows[d.name] = flat_summary(f, digits=3)
 for r in "ABCD":
     m = w / r / "logs" / "metrics.jsonl"
     if m.is_file():
