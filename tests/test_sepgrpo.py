@@ -393,8 +393,12 @@ def test_resume_refuses_changed_config(tiny_ckpt, prompts_file, tmp_path):
         build_run(tiny_cfg(tiny_ckpt, tmp_path / "out", prompts_file, schedule=["dit"], dit={"lr": 5e-4}))
     run = build_run(tiny_cfg(tiny_ckpt, tmp_path / "out", prompts_file, schedule=["dit"], dit={"lr": 5e-4},
                              allow_config_change=["dit.lr"]))
-    assert run.resumed and run.pos.global_step == 1
-    close_run(run)
+    try:   # the allowed change is applied, not overwritten by the checkpoint's optimiser state
+        assert run.resumed and run.pos.global_step == 1
+        assert run.phases["dit"].optimizer.param_groups[0]["lr"] == pytest.approx(5e-4)
+        assert run.phases["dit"].scheduler.get_last_lr() == [pytest.approx(5e-4)]
+    finally:
+        close_run(run)
 
 
 # ----------------------------------------------------------------------------------------------- nano reward

@@ -146,6 +146,40 @@ def test_resume_refuses_a_changed_config(assets, tmp_path):
     assert train_dit(cfg_for(assets, tmp_path / "a", max_steps=3, lr=2e-3, resume="never", log_every=1)).is_dir()
 
 
+def test_resume_keeps_the_optimiser_state_but_takes_the_configs_hyperparameters():
+    """torch's load_state_dict would bring the saved lr, weight decay and schedule back; load_optim_state keeps the
+    Adam moments and the schedule position from the checkpoint and everything the config sets from the config."""
+    from thinkgen.train.loop import LRLambda, load_optim_state
+
+    def make(lr, wd, total):
+        model = torch.nn.Linear(3, 2)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+        return model, opt, torch.optim.lr_scheduler.LambdaLR(opt, LRLambda(2, total, "cosine", 0.1))
+
+    torch.manual_seed(0)
+    model, opt, sched = make(1e-3, 0.01, 10)
+    for _ in range(3):
+        model(torch.randn(4, 3)).square().sum().backward()
+        opt.step(), opt.zero_grad(), sched.step()
+    saved_opt, saved_sched = opt.state_dict(), sched.state_dict()
+    model2, opt2, sched2 = make(2e-3, 0.05, 20)
+    model2.load_state_dict(model.state_dict())
+    changed = load_optim_state(model2, opt2, sched2, saved_opt, saved_sched)
+    assert sched2.last_epoch == 3
+    want = 2e-3 * LRLambda(2, 20, "cosine", 0.1)(3)
+    assert opt2.param_groups[0]["lr"] == pytest.approx(want) and sched2.get_last_lr() == [pytest.approx(want)]
+    assert opt2.param_groups[0]["weight_decay"] == 0.05
+    for p, q in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(opt.state[p]["exp_avg"], opt2.state[q]["exp_avg"])
+    assert any("lr: 0.001 -> 0.002" in c for c in changed) and any("weight_decay" in c for c in changed)
+    sched2.step()   # the schedule goes on from the config's shape
+    assert opt2.param_groups[0]["lr"] == pytest.approx(2e-3 * LRLambda(2, 20, "cosine", 0.1)(4))
+    # an unchanged config changes nothing
+    model3, opt3, sched3 = make(1e-3, 0.01, 10)
+    assert load_optim_state(model3, opt3, sched3, saved_opt, saved_sched) == []
+    assert opt3.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr"])
+
+
 def test_sample_grid_is_logged(assets, tmp_path):
     cfg = cfg_for(assets, tmp_path / "run", max_steps=2, save_every=0, sample_every=2, sample_steps=2,
                   sample_prompts=["a red square", "a blue circle"])

@@ -116,8 +116,9 @@ def guided_velocity(
 ) -> Tensor:
     """Velocity with CFG for one step. x: (B, C, H, W); t: scalar or (B,).
 
-    ``detach_uncond``: the value is unchanged, but gradients reach the DiT through the conditional branch only (the
-    unconditional and reference-only branches are detached), as Flow-GRPO's ``train_sd3.py`` trains.
+    ``detach_uncond``: gradients reach the DiT through the conditional branch only (the unconditional and
+    reference-only branches run under ``no_grad``, in a call of their own), as Flow-GRPO's ``train_sd3.py`` trains;
+    the value is the same up to float rounding (two batched calls instead of one).
     """
     B = x.shape[0]
     t = t.reshape(-1).expand(B) if t.numel() == 1 else t
@@ -131,12 +132,19 @@ def guided_velocity(
         branches = [cond, DiTConditions(neg.features, neg.mask, cond.ref_latents), neg.without_refs()]
     else:
         branches = [cond, neg.without_refs()]
-    big = concat_conditions(branches)
     n = len(branches)
-    v = dit(x.repeat(n, 1, 1, 1), t.repeat(n), big.features, big.mask, big.ref_latents)
-    parts = v.chunk(n)
-    if detach_uncond:
-        parts = (parts[0],) + tuple(p.detach() for p in parts[1:])
+    if detach_uncond and torch.is_grad_enabled():
+        # the guidance branches run without a graph (no activations kept, no backward through them); the
+        # conditional branch alone is differentiated
+        rest = concat_conditions(branches[1:])
+        with torch.no_grad():
+            v_rest = dit(x.repeat(n - 1, 1, 1, 1), t.repeat(n - 1), rest.features, rest.mask, rest.ref_latents)
+        v_cond = dit(x, t, cond.features, cond.mask, cond.ref_latents)
+        parts = (v_cond,) + v_rest.chunk(n - 1)
+    else:
+        big = concat_conditions(branches)
+        v = dit(x.repeat(n, 1, 1, 1), t.repeat(n), big.features, big.mask, big.ref_latents)
+        parts = v.chunk(n)
     if edit:
         return flow.edit_cfg_velocity(parts[0], parts[1], parts[2], text_scale, image_scale)
     return flow.cfg_velocity(parts[0], parts[1], text_scale)

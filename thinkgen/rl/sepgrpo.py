@@ -53,7 +53,7 @@ from ..sampling import DiTConditions
 from ..train import parallel
 from ..train.cli import parse_config_args
 from ..train.loop import (LRLambda, RunLogger, check_config_compatible, find_resume_checkpoint, image_grid,
-                          seed_everything, select_trainable)
+                          load_optim_state, seed_everything, select_trainable)
 from ..train.models import add_lora, merge_lora_state, save_transformer_folder
 from ..train.parallel import DistInfo, print0
 from .advantages import group_advantages, grpo_advantages, nonzero_mask
@@ -557,8 +557,10 @@ def restore_checkpoint(run: Run, ckpt: Path) -> None:
             raise CheckpointError(f"checkpoint {ckpt}: {name} weights do not match the trainable parameters "
                                   f"(missing {sorted(names - set(state))[:5]}, unexpected {sorted(set(state) - names)[:5]})")
         parallel.load_full_state_dict(ph.policy, state, strict=False)
-        parallel.load_optimizer_state(ph.policy, ph.optimizer, load_state(ts / f"{name}_optimizer.pt"))
-        ph.scheduler.load_state_dict(load_state(ts / f"{name}_scheduler.pt"))
+        for line in load_optim_state(ph.policy, ph.optimizer, ph.scheduler, load_state(ts / f"{name}_optimizer.pt"),
+                                     load_state(ts / f"{name}_scheduler.pt")):
+            if run.dist.is_main:
+                print(f"resume {ckpt.name}: the {name} config overrides the checkpoint's {line}", file=sys.stderr)
     rank_state = load_state(ts / f"rank{run.dist.rank}.pt")
     load_rng_state(rank_state["rng"])
     run.pos = Position(**meta["position"])

@@ -22,6 +22,7 @@ import fnmatch
 import json
 import math
 import random
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -100,6 +101,42 @@ class LRLambda:
         span = max(1, self.total - self.warmup)
         progress = min(1.0, (step - self.warmup) / span)
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+_HPARAMS = ("initial_lr", "betas", "weight_decay", "eps")
+
+
+def load_optim_state(model: nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LambdaLR, opt_state: dict, sched_state: dict) -> list[str]:
+    """Load a checkpoint's optimiser and scheduler state (Adam moments, step counts, schedule position), keeping
+    THIS run's hyperparameters: lr, betas, weight decay, eps and the schedule's shape come from the config.
+
+    torch's ``load_state_dict`` brings the saved hyperparameters back with the state, so without this a change the
+    user allowed on resume (``--allow_config_change=[lr]``) would be silently ignored. Returns one line per value
+    the config changed (e.g. ``"lr: 0.0005 -> 0.001"``), for the run's log.
+    """
+    fresh = [{k: g[k] for k in _HPARAMS if k in g} for g in optimizer.param_groups]
+    fresh_base = list(scheduler.base_lrs)
+    fresh_lambdas = [dict(vars(lam)) for lam in scheduler.lr_lambdas]
+    parallel.load_optimizer_state(model, optimizer, opt_state)
+    scheduler.load_state_dict(sched_state)            # updates the lambdas' fields in place
+    changed = []
+    for i, (g, f) in enumerate(zip(optimizer.param_groups, fresh)):
+        for k, v in f.items():
+            if g.get(k) != v:
+                changed.append(f"param group {i} {'lr' if k == 'initial_lr' else k}: {g.get(k)!r} -> {v!r}")
+            g[k] = v
+    for lam, f in zip(scheduler.lr_lambdas, fresh_lambdas):
+        old = dict(vars(lam))
+        if old != f:
+            changed.append(f"lr schedule: {old} -> {f}")
+        vars(lam).clear()
+        vars(lam).update(f)
+    scheduler.base_lrs = fresh_base
+    for g, base, lam in zip(optimizer.param_groups, fresh_base, scheduler.lr_lambdas):
+        g["lr"] = base * lam(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+    return changed
 
 
 def make_optimizer(params, cfg) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
@@ -314,8 +351,10 @@ def restore_trainer_state(st: TrainState, ckpt: Path) -> None:
     """Load optimizer, scheduler, EMA, this rank's RNG + data position, and the step (after seeding)."""
     meta = read_checkpoint_meta(ckpt, st.cfg, st.kind, st.dist.world_size)
     ts = ckpt / "trainer_state"
-    parallel.load_optimizer_state(st.model, st.optimizer, load_state(ts / "optimizer.pt"))
-    st.scheduler.load_state_dict(load_state(ts / "scheduler.pt"))
+    for line in load_optim_state(st.model, st.optimizer, st.scheduler, load_state(ts / "optimizer.pt"),
+                                 load_state(ts / "scheduler.pt")):
+        if st.dist.is_main:
+            print(f"resume {ckpt.name}: the config overrides the checkpoint's {line}", file=sys.stderr)
     if st.ema is not None:
         p = ts / "ema.safetensors"
         if not p.is_file():
