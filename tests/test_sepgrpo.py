@@ -401,6 +401,29 @@ def test_resume_refuses_changed_config(tiny_ckpt, prompts_file, tmp_path):
         close_run(run)
 
 
+def test_resume_from_a_checkpoint_older_than_a_config_field(tiny_ckpt, prompts_file, tmp_path, monkeypatch):
+    """A field added to thinkgen after the checkpoint was written (here dit.detach_uncond, left out of the saved
+    config) is unchanged at its default and a change when set otherwise."""
+    from thinkgen.rl.config import SepGRPOConfig
+    from thinkgen.rl.sepgrpo import build_run, close_run, save_checkpoint
+
+    run = build_run(tiny_cfg(tiny_ckpt, tmp_path / "out", prompts_file, schedule=["dit"]))
+    run.pos.global_step = 1
+    full = SepGRPOConfig.hash_dict
+    with monkeypatch.context() as m:   # the checkpoint of a thinkgen without the field
+        m.setattr(SepGRPOConfig, "hash_dict", lambda self: {k: v for k, v in full(self).items()
+                                                            if k != "dit.detach_uncond"})
+        save_checkpoint(run)
+    close_run(run)
+    with pytest.raises(ConfigError, match=r"dit.detach_uncond: None -> True"):
+        build_run(tiny_cfg(tiny_ckpt, tmp_path / "out", prompts_file, schedule=["dit"], dit={"detach_uncond": True}))
+    run = build_run(tiny_cfg(tiny_ckpt, tmp_path / "out", prompts_file, schedule=["dit"]))
+    try:
+        assert run.resumed and run.pos.global_step == 1
+    finally:
+        close_run(run)
+
+
 # ----------------------------------------------------------------------------------------------- nano reward
 def test_bench_toy_rewards_register_and_score():
     """bench/toy_rewards.py (the sanity reward of bench/results/sepgrpo_nano_proof7.md) loads through

@@ -263,12 +263,46 @@ def find_resume_checkpoint(cfg) -> Path | None:
     return Path(path) if path else None
 
 
+def _field_default(cfg, key: str) -> Any:
+    """The dataclass default of a (dotted, e.g. ``dit.lr``) config field; a sentinel when it has none."""
+    import dataclasses
+
+    obj = cfg
+    *parents, name = key.split(".")
+    for part in parents:
+        obj = getattr(obj, part, None)
+    if not dataclasses.is_dataclass(obj):
+        return _NO_DEFAULT
+    for f in dataclasses.fields(obj):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+    return _NO_DEFAULT
+
+
+_NO_DEFAULT = object()
+
+
 def check_config_compatible(saved: dict[str, Any], cfg, where: Path) -> None:
-    """Refuse to resume with a changed config unless the fields are in ``allow_config_change``."""
+    """Refuse to resume with a changed config unless the fields are in ``allow_config_change``.
+
+    A field the checkpoint does not know (added to thinkgen after it was written) is unchanged when this run keeps
+    its default: a new field's default is the behaviour that existed before it.
+    """
     now = cfg.hash_dict()
     before = {k: v for k, v in saved.items() if k in now}
+
+    def is_new_default(k: str) -> bool:
+        if k in saved:
+            return False
+        d = _field_default(cfg, k)
+        return d is not _NO_DEFAULT and (list(d) if isinstance(d, tuple) else d) == \
+            (list(now[k]) if isinstance(now[k], tuple) else now[k])
+
     changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k)
-                     and k not in cfg.allow_config_change)
+                     and k not in cfg.allow_config_change and not is_new_default(k))
     if changed:
         shown = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:10])
         raise ConfigError(
