@@ -18,6 +18,7 @@ data position, and the step. A missing piece is a ``CheckpointError``; a changed
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 import math
@@ -263,10 +264,11 @@ def find_resume_checkpoint(cfg) -> Path | None:
     return Path(path) if path else None
 
 
+_NO_DEFAULT = object()
+
+
 def _field_default(cfg, key: str) -> Any:
     """The dataclass default of a (dotted, e.g. ``dit.lr``) config field; a sentinel when it has none."""
-    import dataclasses
-
     obj = cfg
     *parents, name = key.split(".")
     for part in parents:
@@ -280,9 +282,6 @@ def _field_default(cfg, key: str) -> Any:
             if f.default_factory is not dataclasses.MISSING:
                 return f.default_factory()
     return _NO_DEFAULT
-
-
-_NO_DEFAULT = object()
 
 
 def check_config_compatible(saved: dict[str, Any], cfg, where: Path) -> None:
