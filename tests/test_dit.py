@@ -509,3 +509,38 @@ def test_varlen_attention_matches_sdpa_on_valid_rows():
     valid = mask[:, None, :, None].expand_as(ref)
     assert torch.allclose(out[valid], ref[valid], atol=1e-6)
     assert (out[~valid] == 0).all()
+
+
+# --------------------------------------------------------------------------------------------------------
+# context cache: the refined text is computed once per batch of conditions
+
+
+def test_context_cache_is_exact_and_runs_the_refiner_once(model):
+    from thinkgen.models.dit import ContextCache
+
+    g = torch.Generator().manual_seed(7)
+    lat, t, feats, mask = make_batch(7, [2, 5, 4], L=5)
+    refs = [[torch.randn(16, 4, 4, generator=g)], [], [torch.randn(16, 2, 6, generator=g)]]
+    calls = []
+    hook = model.context_refiner[0].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with torch.no_grad():
+            cache = ContextCache()
+            for step in range(3):
+                x, tt = lat + step, (t + 0.1 * step) % 1
+                got = model(x, tt, feats, mask, refs, context_cache=cache)
+                n_cached = len(calls)
+                assert torch.equal(got, model(x, tt, feats, mask, refs))   # bit for bit
+                assert len(calls) == n_cached + 1                            # the uncached call refines again
+            assert n_cached == 3 and cache.text is not None                 # 1 (cached run) + 2 (plain calls)
+            with pytest.raises(InvalidInputError, match="context_cache"):
+                model(lat, t, feats.clone(), mask, refs, context_cache=cache)
+        # with autograd on the cache is left alone and the context refiner gets gradients
+        cache = ContextCache()
+        model.zero_grad()
+        model(lat, t, feats, mask, refs, context_cache=cache).square().mean().backward()
+        assert cache.text is None
+        assert model.context_refiner[0].attn.to_q.weight.grad.abs().sum() > 0
+    finally:
+        hook.remove()
+        model.zero_grad(set_to_none=True)

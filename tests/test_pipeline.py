@@ -295,3 +295,39 @@ def test_model_cpu_offload_same_result():
     pipe.enable_model_cpu_offload("cpu")
     b = pipe("a red circle", seed=4, **KW).images[0]
     assert (_arr(a) == _arr(b)).all()
+
+
+@pytest.mark.parametrize("refs", [False, True])
+def test_sampling_reuses_the_refined_text_and_gives_the_same_result(tiny_pipe, refs):
+    """sample() refines each CFG branch set's text once per run (BranchCache + ContextCache), not once per step,
+    and its trajectory and log-probs are bit-identical to calls without the cache."""
+    dit = tiny_pipe.transformer
+    cfg = dit.config
+    g = torch.Generator().manual_seed(0)
+    B, L, F, C = 2, 5, 2 * cfg.text_feat_dim, cfg.in_channels
+    feats = torch.randn(B, L, F, generator=g)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    r = [[torch.randn(C, 4, 4, generator=g)] for _ in range(B)] if refs else None
+    cond, neg = DiTConditions(feats, mask, r), DiTConditions(torch.randn(B, 2, F, generator=g), mask[:, :2])
+    noise = torch.randn(B, C, 4, 4, generator=g)
+    ts = flow.inference_timesteps(4, 4)
+    calls = []
+    hook = dit.context_refiner[0].register_forward_hook(lambda *a: calls.append(1))
+    runs = []
+    try:
+        for use_cache in (True, False):
+            dit.supports_context_cache = use_cache
+            calls.clear()
+            gens = [torch.Generator().manual_seed(i) for i in range(B)]
+            with torch.no_grad():
+                runs.append(sample(dit, noise, cond, neg, ts, Guidance(3.0, 2.0, (0.0, 0.5)), noise_level=0.7,
+                                   generator=gens, return_trajectory=True))
+            runs[-1].refiner_calls = len(calls)
+    finally:
+        del dit.supports_context_cache      # back to the class attribute
+        hook.remove()
+    cached, plain = runs
+    # CFG on steps 0-2 (one batched branch set), off on step 3 (the conditional branch alone): two sets
+    assert cached.refiner_calls == 2 and plain.refiner_calls == 4
+    assert torch.equal(cached.latents, plain.latents) and torch.equal(cached.logps, plain.logps)
+    assert all(torch.equal(a, b) for a, b in zip(cached.states, plain.states))

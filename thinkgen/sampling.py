@@ -103,6 +103,29 @@ class Trajectory:
     stds: list[Tensor] = field(default_factory=list)     # per step SDE std (scalar per sample)
 
 
+class BranchCache:
+    """What stays the same across the steps of one sampling run: the batched conditions of each CFG branch set and,
+    for a DiT that supports it (``supports_context_cache``), its refined text (``models.dit.ContextCache``). Made by
+    ``sample()``; used only with autograd off (a training forward computes everything itself)."""
+
+    def __init__(self, dit: Callable, cond: DiTConditions, neg: DiTConditions | None):
+        self.enabled = bool(getattr(dit, "supports_context_cache", False))
+        self._of = (cond, neg)
+        self._entries: dict[str, tuple[DiTConditions, object]] = {}
+
+    def conditions(self, key: str, build: Callable[[], DiTConditions], cond: DiTConditions,
+                   neg: DiTConditions | None) -> tuple[DiTConditions, dict]:
+        """The batched conditions for branch set ``key`` (built once) and the DiT keyword arguments to pass."""
+        if cond is not self._of[0] or neg is not self._of[1]:
+            raise ValueError("this BranchCache belongs to other conditions: make one per sampling run")
+        if key not in self._entries:
+            from .models.dit import ContextCache
+
+            self._entries[key] = (build(), ContextCache())
+        conds, ctx = self._entries[key]
+        return conds, ({"context_cache": ctx} if self.enabled else {})
+
+
 def guided_velocity(
     dit: Callable,
     x: Tensor,
@@ -113,20 +136,28 @@ def guided_velocity(
     step_index: int,
     num_steps: int,
     detach_uncond: bool = False,
+    cache: BranchCache | None = None,
 ) -> Tensor:
     """Velocity with CFG for one step. x: (B, C, H, W); t: scalar or (B,).
 
     ``detach_uncond``: gradients reach the DiT through the conditional branch only (the unconditional and
     reference-only branches run under ``no_grad``, in a call of their own), as Flow-GRPO's ``train_sd3.py`` trains;
     the value is the same up to float rounding (two batched calls instead of one).
+    ``cache``: a ``BranchCache`` shared by the steps of one sampling run (ignored while autograd is on); the
+    velocity is the same as without it, bit for bit.
     """
     B = x.shape[0]
     t = t.reshape(-1).expand(B) if t.numel() == 1 else t
     use_cfg = neg is not None and flow.cfg_active(step_index, num_steps, guidance.cfg_range)
     text_scale = guidance.text_scale if use_cfg else 1.0
     image_scale = guidance.image_scale if (use_cfg and cond.has_refs) else 1.0
+    if cache is not None and torch.is_grad_enabled():
+        cache = None
     if text_scale <= 1.0 and image_scale <= 1.0:
-        return dit(x, t, cond.features, cond.mask, cond.ref_latents)
+        if cache is None:
+            return dit(x, t, cond.features, cond.mask, cond.ref_latents)
+        c, kw = cache.conditions("cond", lambda: cond, cond, neg)
+        return dit(x, t, c.features, c.mask, c.ref_latents, **kw)
     edit = image_scale > 1.0
     if edit:
         branches = [cond, DiTConditions(neg.features, neg.mask, cond.ref_latents), neg.without_refs()]
@@ -142,8 +173,11 @@ def guided_velocity(
         v_cond = dit(x, t, cond.features, cond.mask, cond.ref_latents)
         parts = (v_cond,) + v_rest.chunk(n - 1)
     else:
-        big = concat_conditions(branches)
-        v = dit(x.repeat(n, 1, 1, 1), t.repeat(n), big.features, big.mask, big.ref_latents)
+        if cache is None:
+            big, kw = concat_conditions(branches), {}
+        else:
+            big, kw = cache.conditions("edit" if edit else "text", lambda: concat_conditions(branches), cond, neg)
+        v = dit(x.repeat(n, 1, 1, 1), t.repeat(n), big.features, big.mask, big.ref_latents, **kw)
         parts = v.chunk(n)
     if edit:
         return flow.edit_cfg_velocity(parts[0], parts[1], parts[2], text_scale, image_scale)
@@ -183,9 +217,10 @@ def sample(
     if return_trajectory:
         traj.states.append(x)
     t_min = timesteps[1] if S > 1 else None
+    cache = None if torch.is_grad_enabled() else BranchCache(dit, cond, neg)  # built once per run
     for i in range(S):
         t, t_next = timesteps[i], timesteps[i + 1]
-        v = guided_velocity(dit, x, t.to(x.dtype), cond, neg, guidance, i, S)
+        v = guided_velocity(dit, x, t.to(x.dtype), cond, neg, guidance, i, S, cache=cache)
         if noise_level > 0 and i in sde_set:
             step = _sde_step_per_sample(x, v, t, t_next, noise_level, generator, t_min, sde_kind)
             x = step.x_next.to(x.dtype)

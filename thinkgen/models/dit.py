@@ -22,6 +22,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "MAX_REF_IMAGES",
+    "ContextCache",
     "ThinkGenTransformer2DModel",
     "ThinkGenTransformerBlock",
     "ThinkGenAttention",
@@ -274,10 +276,12 @@ class ThinkGenTimeCaptionEmbedding(nn.Module):
             RMSNorm(text_in_dim, eps=norm_eps), nn.Linear(text_in_dim, hidden_size, bias=True)
         )
 
-    def forward(self, timestep: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed_time(self, timestep: torch.Tensor) -> torch.Tensor:
         t_freq = self.time_proj(timestep)  # (B, 256) fp32
-        temb = self.timestep_embedder(t_freq.to(self.timestep_embedder.linear_1.weight.dtype))  # (B, temb_dim)
-        return temb, self.caption_embedder(text)  # (B, L, D)
+        return self.timestep_embedder(t_freq.to(self.timestep_embedder.linear_1.weight.dtype))  # (B, temb_dim)
+
+    def forward(self, timestep: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.embed_time(timestep), self.caption_embedder(text)  # (B, temb_dim), (B, L, D)
 
 
 class ThinkGenNormOut(nn.Module):
@@ -294,12 +298,37 @@ class ThinkGenNormOut(nn.Module):
         return self.linear_2(self.norm(x) * (1 + scale[:, None]))  # (B, S, out_dim)
 
 
+@dataclass
+class ContextCache:
+    """The refined text (caption embedding + context refiner) of one batch of conditions, kept across the steps of
+    a sampling run: it depends on the text features alone, not on t, the latents or the references, so a sampler
+    calling the DiT S times on the same conditions computes it once instead of S times (it matters at low
+    resolution, where the text outnumbers the image tokens: nano rollouts at 64 px).
+
+    Pass one (empty) cache per batch of conditions as ``context_cache=`` to ``forward``: the first call fills it,
+    later calls must pass the same ``text_features`` / ``text_mask`` tensors, unchanged, to the same model with the
+    same weights (checked as far as cheaply possible: tensor identity and version, model identity; a mismatch
+    raises). Only used with autograd off: a call that builds a graph computes the context itself and leaves the
+    cache alone, so gradients always reach the context refiner.
+    """
+
+    text: torch.Tensor | None = None  # (B, K+L, D) context refiner output
+    source: tuple | None = None  # what it was computed from
+
+    @staticmethod
+    def fingerprint(model, text_features: torch.Tensor, text_mask: torch.Tensor, dtype) -> tuple:
+        return (id(model), dtype, text_features.data_ptr(), text_features._version, tuple(text_features.shape),
+                text_mask.data_ptr(), text_mask._version, tuple(text_mask.shape))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # the model
 
 
 class ThinkGenTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
     """ThinkGen DiT. `forward(latents, timestep, text_features, text_mask, ref_latents)` -> velocity (B, C, H, W)."""
+
+    supports_context_cache = True  # forward(..., context_cache=ContextCache()) (see ContextCache)
 
     _supports_gradient_checkpointing = True
     _no_split_modules = ["ThinkGenTransformerBlock"]
@@ -379,6 +408,7 @@ class ThinkGenTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         text_features: torch.Tensor,
         text_mask: torch.Tensor,
         ref_latents: Sequence[Sequence[torch.Tensor] | None] | None = None,
+        context_cache: ContextCache | None = None,
     ) -> torch.Tensor:
         """Predict the velocity.
 
@@ -388,6 +418,7 @@ class ThinkGenTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
             text_features: (B, L, 2*text_feat_dim) MLLM features, right-padded.
             text_mask: (B, L) bool or 0/1 int, True = valid token; must be right-padded.
             ref_latents: None, or per sample a (possibly empty) list of at most 5 reference latents (C, h_k, w_k).
+            context_cache: reuse the refined text across calls on the same conditions (see ``ContextCache``).
 
         Returns:
             (B, out_channels, H, W) velocity in the dtype of `latents`.
@@ -412,8 +443,20 @@ class ThinkGenTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         text = torch.cat([prepad, text_features.to(device, dtype)], dim=1)  # (B, K+L, 2T)
         Lmax = text.shape[1]
 
-        # 2. Time and caption embedding
-        temb, text = self.time_caption_embed(timestep, text)  # (B, temb_dim), (B, K+L, D)
+        # 2. Time and caption embedding (the caption part and step 5 are skipped when the context is cached)
+        cached = None
+        if context_cache is not None and not torch.is_grad_enabled():
+            source = ContextCache.fingerprint(self, text_features, text_mask, dtype)
+            if context_cache.source is not None and context_cache.source != source:
+                raise InvalidInputError(
+                    "context_cache was filled from other text features, another model or another dtype; "
+                    "use one ContextCache per batch of conditions (and per model) for one sampling run"
+                )
+            cached = context_cache.text
+        if cached is not None:
+            temb = self.time_caption_embed.embed_time(timestep)  # (B, temb_dim)
+        else:
+            temb, text = self.time_caption_embed(timestep, text)  # (B, temb_dim), (B, K+L, D)
 
         # 3. Patchify noise and reference latents
         x = patchify(latents.to(dtype), p)  # (B, N, p*p*C)
@@ -439,8 +482,12 @@ class ThinkGenTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
 
         # 5. Context refiner on text (prepad + valid tokens; right padding masked)
         text_mask_b = _length_mask(txt_lens, Lmax, device)  # (B, K+L) or None
-        if Lmax > 0:
+        if cached is not None:
+            text = cached  # (B, K+L, D)
+        elif Lmax > 0:
             text = self._run_blocks(self.context_refiner, text, text_rope, text_mask_b, None)  # (B, K+L, D)
+        if cached is None and context_cache is not None and not torch.is_grad_enabled():
+            context_cache.text, context_cache.source = text, source
 
         # 6. Patch embeddings; reference image j gets image_index_embedding[j]
         x = self.x_embedder(x)  # (B, N, D)
