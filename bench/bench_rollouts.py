@@ -41,6 +41,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--tag", default="nano_cpu")
     args = ap.parse_args(argv)
+    for name in ("prompts", "iters", "steps", "micro_batch"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.group < 2:
+        ap.error(f"--group must be >= 2 (GRPO groups), got {args.group}")
+    if args.lora_rank < 0:
+        ap.error(f"--lora-rank must be >= 0 (0: no adapters), got {args.lora_rank}")
     if args.threads:
         torch.set_num_threads(args.threads)
 

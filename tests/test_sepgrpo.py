@@ -118,6 +118,9 @@ BAD = [
     ({"mllm": {"group_sise": 4}}, "did you mean group_size"),
     ({"mllm": {"group_size": "four"}}, "expected an integer"),
     ({"allow_config_change": ["mllm.nope"]}, "not a config field"),
+    ({"mllm": {"anchor_weight": -1.0}}, "anchor_weight"),
+    ({"mllm": {"anchor_prompts_per_step": 0}}, "anchor_prompts_per_step"),
+    ({"mllm": {"anchor_scenarios": {"a": -1.0}}}, "anchor_scenarios"),
 ]
 
 
@@ -247,6 +250,47 @@ def test_mllm_step_on_policy_and_only_trainable_change(tiny_ckpt, prompts_file, 
         assert all(torch.equal(v, run.pipe.transformer.state_dict()[k]) for k, v in dit_before.items())
         # a second step is off-policy w.r.t. the reference: the k3 KL is now positive
         assert mllm_step(run, 0, 1)["mllm/kl"] > 0
+    finally:
+        close_run(run)
+
+
+def test_feature_anchor_pulls_the_no_think_features_back(tiny_ckpt, prompts_file, tmp_path):
+    """mllm.anchor_weight: the anchor term is 0 on-policy, is logged, and its gradient moves drifted no-think
+    features (the ones the painter reads with thinking off) back towards the reference MLLM's."""
+    from thinkgen.rl.mllm_grpo import feature_anchor_update
+    from thinkgen.rl.sepgrpo import _optimizer_step, build_run, close_run, mllm_step
+    from thinkgen.train.mllm_sft import anchor_loss
+
+    cfg = tiny_cfg(tiny_ckpt, tmp_path / "out", prompts_file, schedule=["mllm"],
+                   mllm={"kl_coef": 0.0, "anchor_weight": 1.0, "anchor_prompts_per_step": 3, "lr": 3e-3})
+    run = build_run(cfg)
+    try:
+        ph, mllm = run.phases["mllm"], run.pipe.mllm
+        assert ph.reference is not None                     # the anchor needs the frozen reference
+        stats = mllm_step(run, 0, 0)
+        assert stats["mllm/anchor"] == 0.0                  # policy == reference before the first update
+        items = run.mixtures["mllm_anchor"].draw(3, ("anchor-test",))
+
+        def distance() -> float:
+            batch, starts, ends = mllm.nothink_batch([it.prompt for it in items], [len(it.images) for it in items])
+            span = torch.zeros(batch["attention_mask"].shape, dtype=torch.bool)
+            for b, (s0, e) in enumerate(zip(starts, ends)):
+                span[b, s0:e] = True
+            with torch.no_grad(), ph.reference() as ref_model:
+                ref = mllm.forward_features(batch, model=ref_model)
+            with torch.no_grad():
+                return float(anchor_loss(mllm.forward_features(batch), ref, span))
+
+        with torch.no_grad():                               # drift: perturb every trained weight
+            g = torch.Generator().manual_seed(0)
+            for _, p in ph.trainable:
+                p.add_(0.05 * p.std() * torch.randn(p.shape, generator=g))
+        before = distance()
+        for _ in range(5):
+            got = feature_anchor_update(ph.policy, ph.reference, mllm, items, 1.0)
+            _optimizer_step(ph)
+        assert before > 0 and got["anchor"] > 0
+        assert distance() < 0.5 * before
     finally:
         close_run(run)
 

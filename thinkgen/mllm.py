@@ -516,7 +516,8 @@ class ThinkGenMLLM:
         return next(self.model.parameters()).dtype
 
     # -- features
-    def forward_features(self, batch: dict[str, Tensor]) -> Tensor:
+    def forward_features(self, batch: dict[str, Tensor], model: torch.nn.Module | None = None,
+                         return_logits: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """(B, T, 2H) = cat(raw output of decoder layer n-2, final-norm output) for every position.
 
         batch: processor output (input_ids, attention_mask, optional pixel_values / image_grid_thw /
@@ -525,7 +526,11 @@ class ThinkGenMLLM:
         invariant to a uniform shift, so that only changes rounding, but explicit positions keep it exact and
         version-independent.) With images the model's own 3-D rope index, which reads the attention mask, is used.
         Gradients flow if the caller enables them (encode_instructions/think run under no_grad).
+        ``model``: run this module instead of ``self.model`` (a DDP / FSDP2-wrapped policy, or a reference copy);
+        ``return_logits``: also return the (B, 1, V) last-position logits (a loss that adds ``0 * logits.sum()``
+        keeps the LM head in the graph, as DDP without ``find_unused_parameters`` requires).
         """
+        model = self.model if model is None else model
         batch = {k: v.to(self.device) for k, v in batch.items()}
         mask = batch["attention_mask"]
         kwargs = dict(batch)
@@ -533,11 +538,11 @@ class ThinkGenMLLM:
             kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
         if "pixel_values" in kwargs:
             kwargs["pixel_values"] = kwargs["pixel_values"].to(self.dtype)
-        with capture_features(self.model) as captured:
+        with capture_features(model) as captured:
             # through the top-level module (an FSDP2-sharded model gathers its root weights -- embeddings, vision
             # tower, final norm -- only there); logits for one position only, the features come from the hooks
-            self.model(**kwargs, use_cache=False, logits_to_keep=1)
-        return captured["features"]
+            out = model(**kwargs, use_cache=False, logits_to_keep=1)
+        return (captured["features"], out.logits) if return_logits else captured["features"]
 
     @torch.no_grad()
     def encode_instructions(self, instructions: list[str], num_images: list[int] | None = None,
@@ -549,6 +554,20 @@ class ThinkGenMLLM:
         instruction just carries `<|image_pad|>` placeholder tokens (the DiT sees the images through the VAE).
         mode: "nothink" or "negative". An empty instruction gives zero valid tokens.
         """
+        batch, starts, ends = self.nothink_batch(instructions, num_images, mode, padding_side=padding_side,
+                                                 max_length=max_length)
+        feats = self.forward_features(batch)
+        features, fmask = _gather_spans(feats, starts, ends)
+        answers = [self.tokenizer.decode(batch["input_ids"][b, s:e], skip_special_tokens=True)
+                   for b, (s, e) in enumerate(zip(starts, ends))]
+        n = len(starts)
+        return InstructionFeatures(features, fmask, [""] * n, answers, [True] * n)
+
+    def nothink_batch(self, instructions: list[str], num_images: list[int] | None = None, mode: str = "nothink", *,
+                      padding_side: str = "right", max_length: int | None = None
+                      ) -> tuple[dict[str, Tensor], list[int], list[int]]:
+        """The tokenizer-only no-think batch of ``encode_instructions`` and, per row, the [start, end) span of the
+        tokens after ``</think>`` (the positions whose features the DiT reads)."""
         _check_mode(mode, ("nothink", "negative"))
         instructions = self._check_texts(instructions)
         if num_images is None:
@@ -560,7 +579,6 @@ class ThinkGenMLLM:
         heads = [prompt_parts(self.tokenizer, s, n, mode)[0] for s, n in zip(instructions, num_images)]
         head_lens = [len(self.tokenizer.encode(h, add_special_tokens=False)) for h in heads]
         batch = self.processor(prompts, None, padding_side=padding_side, max_length=max_length)
-        feats = self.forward_features(batch)
         mask = batch["attention_mask"].bool()
         starts, ends = [], []
         for b in range(len(prompts)):
@@ -571,11 +589,7 @@ class ThinkGenMLLM:
                 raise GenerationError(f"no {THINK_END} in the no-think prompt of instruction {b}")
             starts.append(cut)
             ends.append(last)
-        features, fmask = _gather_spans(feats, starts, ends)
-        answers = [self.tokenizer.decode(batch["input_ids"][b, s:e], skip_special_tokens=True)
-                   for b, (s, e) in enumerate(zip(starts, ends))]
-        n = len(prompts)
-        return InstructionFeatures(features, fmask, [""] * n, answers, [True] * n)
+        return batch, starts, ends
 
     @torch.no_grad()
     def encode_answers(self, prompts: list[str], thoughts: list[str], answers: list[str],

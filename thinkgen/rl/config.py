@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import typing
 from dataclasses import asdict, dataclass, field
@@ -135,6 +136,11 @@ class MLLMPhaseConfig(OptimConfig):
     kl_coef: float = 0.01                   # beta of the k3 KL to the reference policy (0 = no reference pass)
     loss_agg: str = "token"                 # "token": mean over all tokens; "seq": per sequence, then mean
     drop_zero_adv: bool = True              # skip samples whose advantage is exactly 0 (tied groups)
+    # --- feature anchoring: keep the no-think features the painter reads with thinking off close to the
+    #     reference MLLM's (GRPO on think rollouts moves them as a side effect)
+    anchor_weight: float = 0.0              # weight of the relative squared distance |f - f_ref|^2 / |f_ref|^2 (0 = off)
+    anchor_prompts_per_step: int = 8        # no-think prompts per process per optimizer step
+    anchor_scenarios: dict[str, float] = field(default_factory=dict)  # their mixture ({} = every image scenario)
     freeze_vision: bool = True              # full fine-tuning: keep the vision tower frozen
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
@@ -167,6 +173,15 @@ class MLLMPhaseConfig(OptimConfig):
             raise _bad("mllm.kl_coef", self.kl_coef, "must be >= 0", "e.g. --mllm.kl_coef=0.01")
         if self.loss_agg not in ("token", "seq"):
             raise _bad("mllm.loss_agg", self.loss_agg, "must be 'token' or 'seq'", "e.g. --mllm.loss_agg=token")
+        if not (self.anchor_weight >= 0 and math.isfinite(self.anchor_weight)):
+            raise _bad("mllm.anchor_weight", self.anchor_weight, "must be a finite number >= 0 (0 = off)",
+                       "e.g. --mllm.anchor_weight=1.0")
+        _check_int("mllm.anchor_prompts_per_step", self.anchor_prompts_per_step, 1)
+        _check_weights("mllm.anchor_scenarios", self.anchor_scenarios)
+        if any(w < 0 for w in self.anchor_scenarios.values()) or (
+                self.anchor_scenarios and sum(self.anchor_scenarios.values()) <= 0):
+            raise _bad("mllm.anchor_scenarios", self.anchor_scenarios, "weights must be >= 0, one of them > 0",
+                       "e.g. --mllm.anchor_scenarios={composition: 1.0, text: 1.0}")
 
 
 @dataclass

@@ -11,6 +11,8 @@ Pieces, in the order a step uses them:
    (the prompt's pixels go in through the processor's pixel inputs), with the same micro-batches as the update,
    so the first update's ratio is exactly 1.
 3. ``mllm_grpo_update``: ``losses.grpo_token_loss`` (asymmetric clip, optional dual clip, k3 KL to the reference).
+4. ``feature_anchor_update`` (optional, ``mllm.anchor_weight > 0``): holds the no-think features (what the painter
+   reads with thinking off) near the reference MLLM's.
 
 Choices: log-probs use ``logits / temperature`` and ignore top-p / top-k truncation (EasyR1); tokens forced by
 the think budget (`</think>\\n\\n`) are not the policy's choice and carry no loss; models stay in eval mode (no
@@ -32,7 +34,7 @@ from .config import MLLMPhaseConfig
 from .rollout import PromptItem, TextRollout, reference_latents, render
 
 __all__ = ["collect_text_rollouts", "render_rollouts", "sequence_batch", "token_logps", "rollout_logps",
-           "mllm_grpo_update"]
+           "mllm_grpo_update", "feature_anchor_update"]
 
 
 # --------------------------------------------------------------------------------------------------- rollouts
@@ -216,3 +218,32 @@ def mllm_grpo_update(policy: Callable, roll: TextRollout, advantages: Tensor, pl
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
     return {k: v / max(n_real, 1) for k, v in sums.items()}
+
+
+# --------------------------------------------------------------------------------------------------- anchoring
+def feature_anchor_update(policy: Callable, reference, mllm, items: Sequence[PromptItem], weight: float
+                          ) -> dict[str, float]:
+    """Accumulate the gradient of ``weight`` x the relative squared distance between the policy's and the
+    reference's no-think features (no optimizer step).
+
+    GRPO on think rollouts also moves the features the painter reads when thinking is off (the no-think template,
+    tokens after ``</think>``); this term holds them near the frozen reference's, like the SFT feature anchor
+    (``train.mllm_sft.anchor_loss``: sum |f - f_ref|^2 / sum |f_ref|^2 over those tokens). ``items`` are this
+    process's prompts (tokenizer-only path, as ``encode_instructions``: image placeholders, no pixels); with DDP
+    the gradient is averaged over ranks like every other term. ``reference()`` yields the frozen reference MLLM.
+    Returns {"anchor": the distance before the update}.
+    """
+    from ..train.mllm_sft import anchor_loss
+
+    batch, starts, ends = mllm.nothink_batch([it.prompt for it in items], [len(it.images) for it in items])
+    span = torch.zeros(batch["attention_mask"].shape, dtype=torch.bool)
+    for b, (s, e) in enumerate(zip(starts, ends)):
+        span[b, s:e] = True
+    feats, logits = mllm.forward_features(batch, model=policy, return_logits=True)     # (n, T, 2H)
+    with torch.no_grad(), reference() as ref_model:
+        ref = mllm.forward_features(batch, model=ref_model)                             # (n, T, 2H)
+    dist = anchor_loss(feats, ref, span.to(feats.device))
+    # 0 * logits: the LM head stays in the graph (DDP without find_unused_parameters expects every trained
+    # parameter to get a gradient)
+    (weight * dist + 0.0 * logits.float().sum()).backward()
+    return {"anchor": float(dist.detach())}

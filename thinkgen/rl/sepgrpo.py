@@ -59,7 +59,8 @@ from ..train.parallel import DistInfo, print0
 from .advantages import group_advantages, grpo_advantages, nonzero_mask
 from .config import PHASES, SepGRPOConfig, config_to_yaml, load_config
 from .dit_grpo import collect_image_rollouts, dit_grpo_update, mllm_conditions
-from .mllm_grpo import collect_text_rollouts, mllm_grpo_update, render_rollouts, rollout_logps
+from .mllm_grpo import (collect_text_rollouts, feature_anchor_update, mllm_grpo_update, render_rollouts,
+                         rollout_logps)
 from .rewards import TEXT_REWARDS, AsyncReward, CombinedReward
 from .rollout import (FrozenReference, PromptItem, PromptMixture, derive_seed, describe, load_jsonl_prompts,
                       nano_prompt_items, plan_micro_batches, reference_latents, render)
@@ -162,7 +163,7 @@ def _all_gather_objects(obj) -> list:
 def _setup_phase(name: str, cfg: SepGRPOConfig, pipe, dist: DistInfo) -> Phase:
     pc = cfg.phase(name)
     module = pipe.mllm.model if name == "mllm" else pipe.transformer
-    needs_ref = pc.kl_coef > 0 or (name == "mllm" and pc.features_from == "reference")
+    needs_ref = pc.kl_coef > 0 or (name == "mllm" and (pc.features_from == "reference" or pc.anchor_weight > 0))
     reference = FrozenReference(module, pc.lora) if needs_ref else None   # a full copy is taken BEFORE training
     if pc.lora:
         add_lora(module, pc)
@@ -314,8 +315,15 @@ def mllm_step(run: Run, rnd: int, step: int) -> dict[str, float]:
     B, r = roll.batch_size, run.dist.rank
     adv = adv_all[r * B:(r + 1) * B]
     keep = [b for b in range(B) if nonzero_mask(adv)[b]] if pc.drop_zero_adv else list(range(B))
-    stats = _update(run, ph, keep, lambda plan: mllm_grpo_update(
-        ph.policy, roll, adv, plan, pipe.mllm, pc, _global_sum, run.dist.world_size))
+    anchor_items = _draw(run, "mllm_anchor", rnd, step, pc.anchor_prompts_per_step)[0] if pc.anchor_weight > 0 else []
+
+    def update(plan):
+        st = mllm_grpo_update(ph.policy, roll, adv, plan, pipe.mllm, pc, _global_sum, run.dist.world_size)
+        if anchor_items:   # + the feature anchor, into the same optimizer step
+            st.update(feature_anchor_update(ph.policy, ph.reference, pipe.mllm, anchor_items, pc.anchor_weight))
+        return st
+
+    stats = _update(run, ph, keep, update)
     # --- stats
     scen = [s for part in _all_gather_objects([roll.item(b).scenario for b in range(B)]) for s in part]
     out = _reward_stats("mllm", rewards, parts, scen, adv_all)
@@ -619,6 +627,12 @@ def build_run(cfg: SepGRPOConfig) -> Run:
     train_items, eval_items = _prompt_sets(cfg)
     mixtures = {name: PromptMixture(train_items, cfg.mixture_weights(name)) for name in phases}
     _check_text_scenarios(cfg, mixtures, eval_items)
+    if "mllm" in phases and cfg.mllm.anchor_weight > 0:   # the no-think prompts whose features are anchored
+        painted = [it for it in train_items if it.output == "image"]
+        if not painted:
+            raise ConfigError("mllm.anchor_weight > 0 anchors the no-think features of prompts the painter draws, "
+                              "but every training prompt is answered in text; set mllm.anchor_weight: 0")
+        mixtures["mllm_anchor"] = PromptMixture(painted, cfg.mllm.anchor_scenarios)
     eval_reward = None
     if eval_items:
         eval_reward = CombinedReward(cfg.reward_weights, cfg.reward_per_scenario, reward_kwargs=cfg.reward_kwargs)
