@@ -1,7 +1,8 @@
 """SepGRPO under ``torchrun --nproc_per_node 2`` on CPU (gloo; DDP, and FSDP2 with both models sharded): prompts
 sharded, rewards gathered, evaluation padded to equal shards, one checkpoint writer, the released-layout export.
 Under FSDP2 the MLLM decodes rollouts of different lengths on the two ranks (synced generation) and the full
-fine-tuning references are sharded too.
+fine-tuning references are sharded too. The MLLM phase runs with the feature anchor (an extra forward / backward
+through the wrapped policy and one through the reference).
 
 Robustness: a free rendezvous port (``--standalone``), one thread per process, a hard timeout, and the output of
 both ranks in the failure message.
@@ -31,7 +32,7 @@ def test_two_process_run(tiny_ckpt, tmp_path, strategy):
     out = tmp_path / "out"
     values = tiny_values(tiny_ckpt, out, prompts, parallel=strategy, reward_modules=["test_sepgrpo"],
                          eval_prompts=str(prompts), eval_steps=2, eval_resolution=32, eval_before=False,
-                         mllm={"prompts_per_step": 1},
+                         mllm={"prompts_per_step": 1, "anchor_weight": 1.0, "anchor_prompts_per_step": 2},
                          dit={"lora": strategy == "ddp", "lora_rank": 4, "lora_alpha": 8.0})
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(values))
@@ -50,6 +51,7 @@ def test_two_process_run(tiny_ckpt, tmp_path, strategy):
     mllm = next(r for r in lines if "mllm/reward" in r)
     dit = next(r for r in lines if "dit/reward" in r)
     assert mllm["mllm/ratio_mean"] == 1.0 and abs(dit["dit/ratio_mean"] - 1.0) < 1e-6
+    assert mllm["mllm/anchor"] == 0.0   # the feature anchor ran on both ranks (0 before the first update)
     # every held-out prompt scored exactly once although 3 prompts do not split evenly over 2 ranks
     evals = [r for r in lines if "eval/count" in r]
     assert evals and all(r["eval/count"] == len(PROMPTS) for r in evals)
