@@ -324,7 +324,7 @@ def test_sampling_reuses_the_refined_text_and_gives_the_same_result(tiny_pipe, r
                                    generator=gens, return_trajectory=True))
             runs[-1].refiner_calls = len(calls)
     finally:
-        del dit.supports_context_cache      # back to the class attribute
+        dit.__dict__.pop("supports_context_cache", None)      # back to the class attribute
         hook.remove()
     cached, plain = runs
     # CFG on steps 0-2 (one batched branch set), off on step 3 (the conditional branch alone): two sets
