@@ -42,12 +42,11 @@ def main(argv=None) -> int:
     out = {}
     for fam in [f.strip() for f in args.families.split(",") if f.strip()]:
         items = nano_prompt_items([fam], "heldout", args.n, 0)
-        batch, starts, ends = a.nothink_batch([it.prompt for it in items], [len(it.images) for it in items])
-        span = torch.zeros(batch["attention_mask"].shape, dtype=torch.bool)
-        for i, (s, e) in enumerate(zip(starts, ends)):
-            span[i, s:e] = True
+        prompts, n_images = [it.prompt for it in items], [len(it.images) for it in items]
         with torch.no_grad():
-            out[fam] = float(anchor_loss(b.forward_features(batch), a.forward_features(batch), span))
+            fa, mask = a.nothink_features(prompts, n_images)
+            fb, _ = b.nothink_features(prompts, n_images)
+            out[fam] = float(anchor_loss(fb, fa, mask))
         print(f"{fam}: relative squared distance of the no-think features {out[fam]:.4f} ({len(items)} prompts)")
     if args.json:
         result = {"what": "relative squared distance of no-think features (tokens after </think>), B against A",

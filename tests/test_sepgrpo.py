@@ -272,14 +272,12 @@ def test_feature_anchor_pulls_the_no_think_features_back(tiny_ckpt, prompts_file
         items = run.mixtures["mllm_anchor"].draw(3, ("anchor-test",))
 
         def distance() -> float:
-            batch, starts, ends = mllm.nothink_batch([it.prompt for it in items], [len(it.images) for it in items])
-            span = torch.zeros(batch["attention_mask"].shape, dtype=torch.bool)
-            for b, (s0, e) in enumerate(zip(starts, ends)):
-                span[b, s0:e] = True
+            prompts, n_images = [it.prompt for it in items], [len(it.images) for it in items]
             with torch.no_grad(), ph.reference() as ref_model:
-                ref = mllm.forward_features(batch, model=ref_model)
+                ref, _ = mllm.nothink_features(prompts, n_images, model=ref_model)
             with torch.no_grad():
-                return float(anchor_loss(mllm.forward_features(batch), ref, span))
+                feats, mask = mllm.nothink_features(prompts, n_images)
+                return float(anchor_loss(feats, ref, mask))
 
         with torch.no_grad():                               # drift: perturb every trained weight
             g = torch.Generator().manual_seed(0)
@@ -293,6 +291,16 @@ def test_feature_anchor_pulls_the_no_think_features_back(tiny_ckpt, prompts_file
         assert distance() < 0.5 * before
     finally:
         close_run(run)
+
+
+def test_anchor_scenarios_without_image_prompts_are_refused(tiny_ckpt, prompts_file, tmp_path):
+    from thinkgen.rl.sepgrpo import build_run
+
+    cfg = tiny_cfg(tiny_ckpt, tmp_path / "out", prompts_file, schedule=["mllm"],
+                   mllm={"anchor_weight": 1.0, "anchor_scenarios": {"no_such_scenario": 1.0}})
+    with pytest.raises(ConfigError, match=r"mllm\.anchor_scenarios .*no_such_scenario"):
+        build_run(cfg)
+    assert not (tmp_path / "out" / "config.yaml").exists()   # refused before anything is written
 
 
 def test_clip_acts_on_off_policy_updates(tiny_ckpt, prompts_file, tmp_path):

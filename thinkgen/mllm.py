@@ -563,6 +563,17 @@ class ThinkGenMLLM:
         n = len(starts)
         return InstructionFeatures(features, fmask, [""] * n, answers, [True] * n)
 
+    def nothink_features(self, instructions: list[str], num_images: list[int] | None = None, *,
+                         model: torch.nn.Module | None = None, return_logits: bool = False):
+        """(features (B, L, 2H), mask (B, L)) of the tokens after ``</think>`` of the no-think prompts -- what
+        ``encode_instructions`` hands the DiT -- computed by ``model`` (default ``self.model``); gradients flow if the
+        caller enables them. With ``return_logits`` also the last-position logits (see ``forward_features``)."""
+        batch, starts, ends = self.nothink_batch(instructions, num_images)
+        out = self.forward_features(batch, model=model, return_logits=return_logits)
+        feats, logits = out if return_logits else (out, None)
+        features, mask = _gather_spans(feats, starts, ends)
+        return (features, mask, logits) if return_logits else (features, mask)
+
     def nothink_batch(self, instructions: list[str], num_images: list[int] | None = None, mode: str = "nothink", *,
                       padding_side: str = "right", max_length: int | None = None
                       ) -> tuple[dict[str, Tensor], list[int], list[int]]:

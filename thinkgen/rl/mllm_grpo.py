@@ -235,14 +235,11 @@ def feature_anchor_update(policy: Callable, reference, mllm, items: Sequence[Pro
     """
     from ..train.mllm_sft import anchor_loss
 
-    batch, starts, ends = mllm.nothink_batch([it.prompt for it in items], [len(it.images) for it in items])
-    span = torch.zeros(batch["attention_mask"].shape, dtype=torch.bool)
-    for b, (s, e) in enumerate(zip(starts, ends)):
-        span[b, s:e] = True
-    feats, logits = mllm.forward_features(batch, model=policy, return_logits=True)     # (n, T, 2H)
+    prompts, n_images = [it.prompt for it in items], [len(it.images) for it in items]
+    feats, mask, logits = mllm.nothink_features(prompts, n_images, model=policy, return_logits=True)  # (n, L, 2H)
     with torch.no_grad(), reference() as ref_model:
-        ref = mllm.forward_features(batch, model=ref_model)                             # (n, T, 2H)
-    dist = anchor_loss(feats, ref, span.to(feats.device))
+        ref, _ = mllm.nothink_features(prompts, n_images, model=ref_model)                           # (n, L, 2H)
+    dist = anchor_loss(feats, ref, mask)
     # 0 * logits: the LM head stays in the graph (DDP without find_unused_parameters expects every trained
     # parameter to get a gradient)
     (weight * dist + 0.0 * logits.float().sum()).backward()

@@ -167,10 +167,11 @@ class PromptMixture:
 
     Stateless: ``draw(n, key)`` depends only on ``key`` (a tuple such as (seed, "mllm", round, step)), so resuming
     needs no sampler state. Empty ``weights`` = every prompt equally likely. Scenarios missing from ``weights`` or
-    with weight 0 are not drawn; a positive weight for a scenario without prompts is an error.
+    with weight 0 are not drawn; a positive weight for a scenario without prompts is an error (naming ``field``).
     """
 
-    def __init__(self, items: list[PromptItem], weights: dict[str, float] | None = None):
+    def __init__(self, items: list[PromptItem], weights: dict[str, float] | None = None,
+                 field: str = "scenario_weights"):
         if not items:
             raise ConfigError("the prompt mixture is empty")
         self.by_scenario: dict[str, list[PromptItem]] = {}
@@ -179,7 +180,7 @@ class PromptMixture:
         if weights:
             missing = sorted({k for k, w in weights.items() if w > 0} - set(self.by_scenario))
             if missing:
-                raise ConfigError(f"scenario_weights name scenarios without prompts: {missing}; "
+                raise ConfigError(f"{field} name scenarios without prompts: {missing}; "
                                   f"the prompts have {sorted(self.by_scenario)}")
             self.weights = {k: float(w) for k, w in weights.items() if w > 0}
         else:

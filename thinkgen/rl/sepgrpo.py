@@ -632,7 +632,8 @@ def build_run(cfg: SepGRPOConfig) -> Run:
         if not painted:
             raise ConfigError("mllm.anchor_weight > 0 anchors the no-think features of prompts the painter draws, "
                               "but every training prompt is answered in text; set mllm.anchor_weight: 0")
-        mixtures["mllm_anchor"] = PromptMixture(painted, cfg.mllm.anchor_scenarios)
+        mixtures["mllm_anchor"] = PromptMixture(painted, cfg.mllm.anchor_scenarios, "mllm.anchor_scenarios (image "
+                                                "prompts only)")
     eval_reward = None
     if eval_items:
         eval_reward = CombinedReward(cfg.reward_weights, cfg.reward_per_scenario, reward_kwargs=cfg.reward_kwargs)
