@@ -121,6 +121,9 @@ BAD = [
     ({"mllm": {"anchor_weight": -1.0}}, "anchor_weight"),
     ({"mllm": {"anchor_prompts_per_step": 0}}, "anchor_prompts_per_step"),
     ({"mllm": {"anchor_scenarios": {"a": -1.0}}}, "anchor_scenarios"),
+    ({"dit": {"anchor_weight": float("nan")}}, r"dit\.anchor_weight"),
+    ({"dit": {"anchor_prompts_per_step": 0}}, r"dit\.anchor_prompts_per_step"),
+    ({"dit": {"anchor_scenarios": {"a": 0.0}}}, r"dit\.anchor_scenarios"),
 ]
 
 
@@ -293,12 +296,61 @@ def test_feature_anchor_pulls_the_no_think_features_back(tiny_ckpt, prompts_file
         close_run(run)
 
 
-def test_anchor_scenarios_without_image_prompts_are_refused(tiny_ckpt, prompts_file, tmp_path):
+def test_velocity_anchor_pulls_the_painter_back(tiny_ckpt, prompts_file, tmp_path):
+    """dit.anchor_weight: the reference's trajectories are kept with its velocities, the anchor term is 0 on-policy
+    and logged, and its gradient moves a drifted DiT's velocity back towards the reference's along them."""
+    from thinkgen.rl.dit_grpo import mllm_conditions, reference_trajectories, velocity_anchor_update
+    from thinkgen.rl.sepgrpo import _optimizer_step, build_run, close_run, dit_step
+    from thinkgen.sampling import Guidance, guided_velocity
+
+    cfg = tiny_cfg(tiny_ckpt, tmp_path / "out", prompts_file, schedule=["dit"],
+                   dit={"kl_coef": 0.0, "anchor_weight": 1.0, "anchor_prompts_per_step": 3, "lr": 3e-3})
+    run = build_run(cfg)
+    try:
+        ph, pipe, pc = run.phases["dit"], run.pipe, cfg.dit
+        assert ph.reference is not None                     # the anchor needs the frozen reference
+        stats = dit_step(run, 0, 0)
+        assert stats["dit/anchor"] == 0.0                   # policy == reference before the first update
+        items = run.mixtures["dit_anchor"].draw(3, ("anchor-test",))
+        enc = mllm_conditions(pipe.mllm, items, pc.think, pc.max_think_tokens, pc.max_answer_tokens)
+        anchor = reference_trajectories(pipe, ph.reference, items, enc, pc, [11, 12, 13])
+        S = pc.num_steps
+        assert anchor.states.shape[:2] == (3, S + 1) and anchor.velocities.shape[:2] == (3, S)
+        guidance = Guidance(text_scale=pc.guidance_scale, image_scale=pc.image_guidance_scale)
+
+        def distance() -> float:   # the anchor's distance, recomputed independently at every step
+            with torch.no_grad():
+                d = 0.0
+                for j in range(S):
+                    x = anchor.states[:, j]
+                    v = guided_velocity(ph.policy, x, anchor.timesteps[j].to(x.dtype), anchor.cond, anchor.neg,
+                                        guidance, j, S).float()
+                    d += float((v - anchor.velocities[:, j]).pow(2).sum() / anchor.velocities[:, j].pow(2).sum())
+                return d / S
+
+        with torch.no_grad():                               # drift: perturb every trained weight
+            g = torch.Generator().manual_seed(0)
+            for _, p in ph.trainable:
+                p.add_(0.02 + 0.05 * p.std() * torch.randn(p.shape, generator=g))
+        before = distance()
+        got = velocity_anchor_update(ph.policy, anchor, pc, 1.0)
+        assert before > 0 and got["anchor"] == pytest.approx(before, rel=1e-4)
+        _optimizer_step(ph)
+        for _ in range(4):
+            velocity_anchor_update(ph.policy, anchor, pc, 1.0)
+            _optimizer_step(ph)
+        assert distance() < 0.5 * before
+    finally:
+        close_run(run)
+
+
+@pytest.mark.parametrize("phase", ["mllm", "dit"])
+def test_anchor_scenarios_without_image_prompts_are_refused(tiny_ckpt, prompts_file, tmp_path, phase):
     from thinkgen.rl.sepgrpo import build_run
 
-    cfg = tiny_cfg(tiny_ckpt, tmp_path / "out", prompts_file, schedule=["mllm"],
-                   mllm={"anchor_weight": 1.0, "anchor_scenarios": {"no_such_scenario": 1.0}})
-    with pytest.raises(ConfigError, match=r"mllm\.anchor_scenarios .*no_such_scenario"):
+    cfg = tiny_cfg(tiny_ckpt, tmp_path / "out", prompts_file, schedule=[phase],
+                   **{phase: {"anchor_weight": 1.0, "anchor_scenarios": {"no_such_scenario": 1.0}}})
+    with pytest.raises(ConfigError, match=phase + r"\.anchor_scenarios .*no_such_scenario"):
         build_run(cfg)
     assert not (tmp_path / "out" / "config.yaml").exists()   # refused before anything is written
 

@@ -33,7 +33,8 @@ def test_two_process_run(tiny_ckpt, tmp_path, strategy):
     values = tiny_values(tiny_ckpt, out, prompts, parallel=strategy, reward_modules=["test_sepgrpo"],
                          eval_prompts=str(prompts), eval_steps=2, eval_resolution=32, eval_before=False,
                          mllm={"prompts_per_step": 1, "anchor_weight": 1.0, "anchor_prompts_per_step": 2},
-                         dit={"lora": strategy == "ddp", "lora_rank": 4, "lora_alpha": 8.0})
+                         dit={"lora": strategy == "ddp", "lora_rank": 4, "lora_alpha": 8.0, "anchor_weight": 1.0,
+                              "anchor_prompts_per_step": 2})
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(values))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
@@ -52,6 +53,7 @@ def test_two_process_run(tiny_ckpt, tmp_path, strategy):
     dit = next(r for r in lines if "dit/reward" in r)
     assert mllm["mllm/ratio_mean"] == 1.0 and abs(dit["dit/ratio_mean"] - 1.0) < 1e-6
     assert mllm["mllm/anchor"] == 0.0   # the feature anchor ran on both ranks (0 before the first update)
+    assert dit["dit/anchor"] == 0.0     # so did the velocity anchor of the DiT phase
     # every held-out prompt scored exactly once although 3 prompts do not split evenly over 2 ranks
     evals = [r for r in lines if "eval/count" in r]
     assert evals and all(r["eval/count"] == len(PROMPTS) for r in evals)

@@ -108,6 +108,18 @@ class OptimConfig:
             _check_weights(f"{prefix}.reward_per_scenario.{sc}", w, allow_empty=False)
 
 
+def _check_anchor(prefix: str, weight: float, prompts_per_step: int, scenarios: dict[str, float]) -> None:
+    """The anchoring fields every phase shares: a weight (0 = off), a prompt count and a scenario mixture."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (weight >= 0 and math.isfinite(weight)):
+        raise _bad(f"{prefix}.anchor_weight", weight, "must be a finite number >= 0 (0 = off)",
+                   f"e.g. --{prefix}.anchor_weight=1.0")
+    _check_int(f"{prefix}.anchor_prompts_per_step", prompts_per_step, 1)
+    _check_weights(f"{prefix}.anchor_scenarios", scenarios)
+    if any(w < 0 for w in scenarios.values()) or (scenarios and sum(scenarios.values()) <= 0):
+        raise _bad(f"{prefix}.anchor_scenarios", scenarios, "weights must be >= 0, one of them > 0",
+                   f"e.g. --{prefix}.anchor_scenarios={{text: 1.0, editing: 1.0}}")
+
+
 @dataclass
 class MLLMPhaseConfig(OptimConfig):
     """Stage 4, MLLM-GRPO: G thoughts per prompt, the frozen DiT renders each, token-level clipped GRPO."""
@@ -173,15 +185,7 @@ class MLLMPhaseConfig(OptimConfig):
             raise _bad("mllm.kl_coef", self.kl_coef, "must be >= 0", "e.g. --mllm.kl_coef=0.01")
         if self.loss_agg not in ("token", "seq"):
             raise _bad("mllm.loss_agg", self.loss_agg, "must be 'token' or 'seq'", "e.g. --mllm.loss_agg=token")
-        if not (self.anchor_weight >= 0 and math.isfinite(self.anchor_weight)):
-            raise _bad("mllm.anchor_weight", self.anchor_weight, "must be a finite number >= 0 (0 = off)",
-                       "e.g. --mllm.anchor_weight=1.0")
-        _check_int("mllm.anchor_prompts_per_step", self.anchor_prompts_per_step, 1)
-        _check_weights("mllm.anchor_scenarios", self.anchor_scenarios)
-        if any(w < 0 for w in self.anchor_scenarios.values()) or (
-                self.anchor_scenarios and sum(self.anchor_scenarios.values()) <= 0):
-            raise _bad("mllm.anchor_scenarios", self.anchor_scenarios, "weights must be >= 0, one of them > 0",
-                       "e.g. --mllm.anchor_scenarios={composition: 1.0, text: 1.0}")
+        _check_anchor("mllm", self.anchor_weight, self.anchor_prompts_per_step, self.anchor_scenarios)
 
 
 @dataclass
@@ -218,6 +222,12 @@ class DiTPhaseConfig(OptimConfig):
     lora: bool = True
     lora_rank: int = 32
     lora_alpha: float = 64.0
+    # --- velocity anchoring: keep the painter's guided velocity on prompts of other scenarios (e.g. the text
+    #     rendering and editing that a composition run must not lose) close to the reference DiT's, along the
+    #     reference's own Euler trajectories, at every step of the schedule (the KL sees trained steps only)
+    anchor_weight: float = 0.0              # weight of the relative squared distance |v - v_ref|^2 / |v_ref|^2 (0 = off)
+    anchor_prompts_per_step: int = 8        # anchored prompts per process per optimizer step
+    anchor_scenarios: dict[str, float] = field(default_factory=dict)  # their mixture ({} = every image scenario)
     lora_target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     trainable: list[str] = field(default_factory=lambda: ["*"])   # full fine-tuning: fnmatch patterns
 
@@ -262,6 +272,7 @@ class DiTPhaseConfig(OptimConfig):
             raise _bad("dit.kl_coef", self.kl_coef, "must be >= 0", "e.g. --dit.kl_coef=0.04")
         if not self.lora and not self.trainable:
             raise _bad("dit.trainable", self.trainable, "nothing would be trained", "give patterns or --dit.lora=true")
+        _check_anchor("dit", self.anchor_weight, self.anchor_prompts_per_step, self.anchor_scenarios)
 
     def trained_steps(self, window_start: int | None = None) -> list[int]:
         """Indices of the trained (and SDE) steps; ``window_start`` is drawn by the caller in window mode."""

@@ -11,6 +11,10 @@ Pieces, in the order a step uses them:
    x_{j+1} and its mean, then ``losses.flow_grpo_step_loss`` (PPO clip, advantage clip, closed-form KL of the step
    means against the reference DiT under the same CFG).
 
+4. ``velocity_anchor_update`` (optional, ``dit.anchor_weight > 0``): holds the guided velocity on prompts of other
+   scenarios near the reference DiT's, along Euler trajectories the reference drew (``reference_trajectories``),
+   at every step of the schedule.
+
 Choices: the unconditional CFG branch is not detached by default (Flow-GRPO's fast script; ``train_sd3.py`` detaches
 it: ``dit.detach_uncond: true``);
 only trained steps get SDE noise, the others are Euler (Flow-GRPO-Fast; with ``train_timesteps: fraction`` the
@@ -19,7 +23,8 @@ every rank (Flow-GRPO-Fast re-seeds it per rank).
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -31,7 +36,8 @@ from .config import DiTPhaseConfig
 from .rollout import (ImageRollout, PromptItem, decode_images, initial_noise, latent_shape, negative_conditions,
                       reference_latents)
 
-__all__ = ["mllm_conditions", "collect_image_rollouts", "dit_grpo_update"]
+__all__ = ["mllm_conditions", "collect_image_rollouts", "dit_grpo_update", "VelocityAnchor", "reference_trajectories",
+           "anchor_terms", "velocity_anchor_update"]
 
 
 @torch.no_grad()
@@ -128,3 +134,79 @@ def dit_grpo_update(policy: Callable, reference, roll: ImageRollout, advantages:
                 for k, val in stats.items():
                     sums[k] = sums.get(k, 0.0) + float(val)
     return {k: v / max(n_real, 1) for k, v in sums.items()}
+
+
+# --------------------------------------------------------------------------------------------------- anchoring
+@dataclass
+class VelocityAnchor:
+    """Where the painter is held: the reference DiT's Euler trajectories of some prompts and its velocities there."""
+
+    cond: DiTConditions                   # (n) conditions of the anchored prompts
+    neg: DiTConditions | None             # (n) CFG negatives (None without CFG)
+    timesteps: torch.Tensor               # (S + 1,) the rollout schedule
+    states: torch.Tensor                  # (n, S + 1, C, h, w) x_0..x_S of the reference's Euler runs
+    velocities: torch.Tensor              # (n, S, C, h, w) the reference's guided velocity at x_j, fp32
+
+
+@torch.no_grad()
+def reference_trajectories(pipe, reference, items: Sequence[PromptItem], enc: InstructionFeatures,
+                           cfg: DiTPhaseConfig, seeds: Sequence[int]) -> VelocityAnchor:
+    """The frozen reference DiT draws each prompt (Euler, the rollout schedule, size and CFG; ``seeds[i]`` seeds
+    prompt i's initial noise); its guided velocity at every state is kept for ``velocity_anchor_update``."""
+    n, dev, dt = len(items), pipe.device, pipe.dtype
+    refs = reference_latents(pipe, items, cfg.resolution)
+    cond = DiTConditions(enc.features.to(dev, dt), enc.mask.to(dev), refs)
+    neg = negative_conditions(pipe.mllm, n, dev, dt) if cfg.guidance_scale > 1.0 else None
+    guidance = Guidance(text_scale=cfg.guidance_scale, image_scale=cfg.image_guidance_scale)
+    C, h, w = latent_shape(pipe, cfg.resolution)
+    noise = initial_noise(list(seeds), (C, h, w), dev, dt)
+    timesteps = pipe.scheduler.timesteps(cfg.num_steps, h * w, device=dev)
+    S = timesteps.numel() - 1
+    states, velocities = [], []
+    with reference() as ref_dit:
+        for s in range(0, n, cfg.micro_batch_size):
+            idx = list(range(s, min(n, s + cfg.micro_batch_size)))
+            c, ng = cond.select(idx), (neg.select(idx) if neg is not None else None)
+            traj = sample(ref_dit, noise[idx], c, ng, timesteps, guidance, return_trajectory=True)
+            xs = torch.stack(traj.states, dim=1)                                             # (b, S + 1, C, h, w)
+            vs = [guided_velocity(ref_dit, xs[:, j], timesteps[j].to(xs.dtype), c, ng, guidance, j, S).float()
+                  for j in range(S)]
+            states.append(xs)
+            velocities.append(torch.stack(vs, dim=1))                                        # (b, S, C, h, w)
+    return VelocityAnchor(cond, neg, timesteps, torch.cat(states), torch.cat(velocities))
+
+
+def anchor_terms(policy: Callable, anchor: VelocityAnchor, cfg: DiTPhaseConfig) -> Iterator[torch.Tensor]:
+    """The velocity anchor's distance, one term per (step j, micro-batch): sum_i |v_i - v_ref_i|^2 over the
+    micro-batch's prompts / sum_i |v_ref_i|^2 over all of them, with CFG inside the forward as in the Flow-GRPO
+    update. The distance is the mean over the S steps of each step's terms summed."""
+    ts, n = anchor.timesteps, anchor.states.shape[0]
+    S = ts.numel() - 1
+    guidance = Guidance(text_scale=cfg.guidance_scale, image_scale=cfg.image_guidance_scale)
+    for j in range(S):
+        v_ref = anchor.velocities[:, j]
+        norm = v_ref.pow(2).sum().clamp_min(1e-12)
+        for s in range(0, n, cfg.micro_batch_size):
+            idx = list(range(s, min(n, s + cfg.micro_batch_size)))
+            x = anchor.states[idx, j]
+            v = guided_velocity(policy, x, ts[j].to(x.dtype), anchor.cond.select(idx),
+                                anchor.neg.select(idx) if anchor.neg is not None else None, guidance, j, S,
+                                detach_uncond=cfg.detach_uncond)
+            yield (v.float() - v_ref[idx]).pow(2).sum() / norm
+
+
+def velocity_anchor_update(policy: Callable, anchor: VelocityAnchor, cfg: DiTPhaseConfig, weight: float
+                           ) -> dict[str, float]:
+    """Accumulate the gradient of ``weight`` x the anchor's distance (``anchor_terms``) between the policy's and
+    the reference's guided velocities along the reference's trajectories (no optimizer step).
+
+    Flow-GRPO moves the whole DiT, so prompts outside the trained mixture (or drawn rarely) drift too; the KL term
+    only sees the trained prompts at the trained steps. With DDP the gradient is averaged over ranks like every
+    other term; every rank makes the same number of forwards. Returns {"anchor": the distance before the update}.
+    """
+    S = anchor.timesteps.numel() - 1
+    total = 0.0
+    for term in anchor_terms(policy, anchor, cfg):
+        (weight * term / S).backward()
+        total += float(term.detach())
+    return {"anchor": total / S}

@@ -58,7 +58,8 @@ from ..train.models import add_lora, merge_lora_state, save_transformer_folder
 from ..train.parallel import DistInfo, print0
 from .advantages import group_advantages, grpo_advantages, nonzero_mask
 from .config import PHASES, SepGRPOConfig, config_to_yaml, load_config
-from .dit_grpo import collect_image_rollouts, dit_grpo_update, mllm_conditions
+from .dit_grpo import (collect_image_rollouts, dit_grpo_update, mllm_conditions, reference_trajectories,
+                       velocity_anchor_update)
 from .mllm_grpo import (collect_text_rollouts, feature_anchor_update, mllm_grpo_update, render_rollouts,
                          rollout_logps)
 from .rewards import TEXT_REWARDS, AsyncReward, CombinedReward
@@ -163,7 +164,7 @@ def _all_gather_objects(obj) -> list:
 def _setup_phase(name: str, cfg: SepGRPOConfig, pipe, dist: DistInfo) -> Phase:
     pc = cfg.phase(name)
     module = pipe.mllm.model if name == "mllm" else pipe.transformer
-    needs_ref = pc.kl_coef > 0 or (name == "mllm" and (pc.features_from == "reference" or pc.anchor_weight > 0))
+    needs_ref = pc.kl_coef > 0 or pc.anchor_weight > 0 or (name == "mllm" and pc.features_from == "reference")
     reference = FrozenReference(module, pc.lora) if needs_ref else None   # a full copy is taken BEFORE training
     if pc.lora:
         add_lora(module, pc)
@@ -367,8 +368,20 @@ def dit_step(run: Run, rnd: int, step: int) -> dict[str, float]:
     B, r = roll.batch_size, run.dist.rank
     adv = adv_all[r * B:(r + 1) * B]
     keep = [b for b in range(B) if nonzero_mask(adv)[b]]
-    stats = _update(run, ph, keep, lambda plan: dit_grpo_update(
-        ph.policy, ph.reference, roll, adv, plan, pc, _global_sum, run.dist.world_size))
+    anchor = None
+    if pc.anchor_weight > 0:   # the reference draws the anchored prompts; the update holds the policy to it
+        a_items, a_idx = _draw(run, "dit_anchor", rnd, step, pc.anchor_prompts_per_step)
+        a_enc = mllm_conditions(pipe.mllm, a_items, pc.think, pc.max_think_tokens, pc.max_answer_tokens)
+        anchor = reference_trajectories(pipe, ph.reference, a_items, a_enc, pc,
+                                        [derive_seed(*key, "anchor", g) for g in a_idx])
+
+    def update(plan):
+        st = dit_grpo_update(ph.policy, ph.reference, roll, adv, plan, pc, _global_sum, run.dist.world_size)
+        if anchor is not None:   # + the velocity anchor, into the same optimizer step
+            st.update(velocity_anchor_update(ph.policy, anchor, pc, pc.anchor_weight))
+        return st
+
+    stats = _update(run, ph, keep, update)
     scen = [s for part in _all_gather_objects([items[b // G].scenario for b in range(B)]) for s in part]
     out = _reward_stats("dit", rewards, parts, scen, adv_all)
     out["dit/trained_steps"] = float(len(train_steps))
@@ -627,13 +640,15 @@ def build_run(cfg: SepGRPOConfig) -> Run:
     train_items, eval_items = _prompt_sets(cfg)
     mixtures = {name: PromptMixture(train_items, cfg.mixture_weights(name)) for name in phases}
     _check_text_scenarios(cfg, mixtures, eval_items)
-    if "mllm" in phases and cfg.mllm.anchor_weight > 0:   # the no-think prompts whose features are anchored
-        painted = [it for it in train_items if it.output == "image"]
-        if not painted:
-            raise ConfigError("mllm.anchor_weight > 0 anchors the no-think features of prompts the painter draws, "
-                              "but every training prompt is answered in text; set mllm.anchor_weight: 0")
-        mixtures["mllm_anchor"] = PromptMixture(painted, cfg.mllm.anchor_scenarios, "mllm.anchor_scenarios (image "
-                                                "prompts only)")
+    for name in phases:   # the image prompts whose no-think features (mllm) or velocities (dit) are anchored
+        pc = cfg.phase(name)
+        if pc.anchor_weight > 0:
+            painted = [it for it in train_items if it.output == "image"]
+            if not painted:
+                raise ConfigError(f"{name}.anchor_weight > 0 anchors what the painter does with image prompts, but "
+                                  f"every training prompt is answered in text; set {name}.anchor_weight: 0")
+            mixtures[f"{name}_anchor"] = PromptMixture(painted, pc.anchor_scenarios,
+                                                       f"{name}.anchor_scenarios (image prompts only)")
     eval_reward = None
     if eval_items:
         eval_reward = CombinedReward(cfg.reward_weights, cfg.reward_per_scenario, reward_kwargs=cfg.reward_kwargs)
