@@ -17,14 +17,15 @@ Config overrides (``--set dit.x=y``) and ``allow_config_change`` are passed to t
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
-import platform
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
+
+from thinkgen.checkpoint import atomic_write_json
+
+from provenance import provenance   # bench/provenance.py
 
 
 def main(argv=None) -> int:
@@ -91,12 +92,8 @@ def main(argv=None) -> int:
         result = {"what": "velocity-anchor distance of each checkpoint's DiT from its reference along the "
                           "reference's Euler trajectories (held-out nano prompts), and |grad| of it at weight 1",
                   "config": args.config, "model_dir": args.model_dir, "n_per_family": args.n, "results": out,
-                  "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
-                  "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                  "machine": f"{platform.machine()}, torch {torch.__version__}"}
-        tmp = args.json.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(args.json)
+                  **provenance(argv)}
+        atomic_write_json(args.json, result)
     return 0
 
 

@@ -10,13 +10,14 @@ tokens after ``</think>`` of the no-think template (the quantity ``mllm.anchor_w
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
-import platform
 import sys
 from pathlib import Path
 
 import torch
+
+from thinkgen.checkpoint import atomic_write_json
+
+from provenance import provenance   # bench/provenance.py
 
 
 def main(argv=None) -> int:
@@ -51,12 +52,8 @@ def main(argv=None) -> int:
     if args.json:
         result = {"what": "relative squared distance of no-think features (tokens after </think>), B against A",
                   "a": args.a, "b": args.b, "n_per_family": args.n, "distance": out,
-                  "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
-                  "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                  "machine": f"{platform.machine()}, torch {torch.__version__}"}
-        tmp = args.json.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(args.json)
+                  **provenance(argv)}
+        atomic_write_json(args.json, result)
     return 0
 
 
