@@ -75,9 +75,8 @@ def main(argv=None) -> int:
                     items = nano_prompt_items([fam], "heldout", args.n, 0)
                     enc = mllm_conditions(pipe.mllm, items, pc.think, pc.max_think_tokens, pc.max_answer_tokens)
                     anchor = reference_trajectories(pipe, ph.reference, items, enc, pc, list(range(len(items))))
-                    S = anchor.timesteps.numel() - 1
                     with torch.no_grad():
-                        dist = sum(float(t) for t in anchor_terms(ph.policy, anchor, pc)) / S
+                        dist = sum(float(t) for t in anchor_terms(ph.policy, anchor, pc)) / len(anchor.steps)
                     ph.optimizer.zero_grad(set_to_none=True)
                     velocity_anchor_update(ph.policy, anchor, pc, 1.0)
                     grad = torch.sqrt(sum((p.grad.float() ** 2).sum() for _, p in ph.trainable if p.grad is not None))

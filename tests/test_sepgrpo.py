@@ -124,6 +124,7 @@ BAD = [
     ({"dit": {"anchor_weight": float("nan")}}, r"dit\.anchor_weight"),
     ({"dit": {"anchor_prompts_per_step": 0}}, r"dit\.anchor_prompts_per_step"),
     ({"dit": {"anchor_scenarios": {"a": 0.0}}}, r"dit\.anchor_scenarios"),
+    ({"dit": {"anchor_step_range": [2, 99]}}, r"dit\.anchor_step_range"),
 ]
 
 
@@ -296,15 +297,17 @@ def test_feature_anchor_pulls_the_no_think_features_back(tiny_ckpt, prompts_file
         close_run(run)
 
 
-def test_velocity_anchor_pulls_the_painter_back(tiny_ckpt, prompts_file, tmp_path):
-    """dit.anchor_weight: the reference's trajectories are kept with its velocities, the anchor term is 0 on-policy
-    and logged, and its gradient moves a drifted DiT's velocity back towards the reference's along them."""
+@pytest.mark.parametrize("step_range", [[], [1, 3]], ids=["every step", "steps 1-2"])
+def test_velocity_anchor_pulls_the_painter_back(tiny_ckpt, prompts_file, tmp_path, step_range):
+    """dit.anchor_weight: the reference's trajectories are kept with its velocities at the anchored steps, the anchor
+    term is 0 on-policy and logged, and its gradient moves a drifted DiT's velocity back towards the reference's."""
     from thinkgen.rl.dit_grpo import mllm_conditions, reference_trajectories, velocity_anchor_update
     from thinkgen.rl.sepgrpo import _optimizer_step, build_run, close_run, dit_step
     from thinkgen.sampling import Guidance, guided_velocity
 
     cfg = tiny_cfg(tiny_ckpt, tmp_path / "out", prompts_file, schedule=["dit"],
-                   dit={"kl_coef": 0.0, "anchor_weight": 1.0, "anchor_prompts_per_step": 3, "lr": 3e-3})
+                   dit={"kl_coef": 0.0, "anchor_weight": 1.0, "anchor_prompts_per_step": 3, "lr": 3e-3,
+                        "anchor_step_range": step_range})
     run = build_run(cfg)
     try:
         ph, pipe, pc = run.phases["dit"], run.pipe, cfg.dit
@@ -315,18 +318,20 @@ def test_velocity_anchor_pulls_the_painter_back(tiny_ckpt, prompts_file, tmp_pat
         enc = mllm_conditions(pipe.mllm, items, pc.think, pc.max_think_tokens, pc.max_answer_tokens)
         anchor = reference_trajectories(pipe, ph.reference, items, enc, pc, [11, 12, 13])
         S = pc.num_steps
-        assert anchor.states.shape[:2] == (3, S + 1) and anchor.velocities.shape[:2] == (3, S)
+        steps = list(range(*step_range)) if step_range else list(range(S))
+        assert anchor.steps == steps
+        assert anchor.states.shape[:2] == (3, S + 1) and anchor.velocities.shape[:2] == (3, len(steps))
         guidance = Guidance(text_scale=pc.guidance_scale, image_scale=pc.image_guidance_scale)
 
         def distance() -> float:   # the anchor's distance, recomputed independently at every step
             with torch.no_grad():
                 d = 0.0
-                for j in range(S):
+                for k, j in enumerate(steps):
                     x = anchor.states[:, j]
                     v = guided_velocity(ph.policy, x, anchor.timesteps[j].to(x.dtype), anchor.cond, anchor.neg,
                                         guidance, j, S).float()
-                    d += float((v - anchor.velocities[:, j]).pow(2).sum() / anchor.velocities[:, j].pow(2).sum())
-                return d / S
+                    d += float((v - anchor.velocities[:, k]).pow(2).sum() / anchor.velocities[:, k].pow(2).sum())
+                return d / len(steps)
 
         with torch.no_grad():                               # drift: perturb every trained weight
             g = torch.Generator().manual_seed(0)

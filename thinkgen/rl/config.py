@@ -228,6 +228,8 @@ class DiTPhaseConfig(OptimConfig):
     anchor_weight: float = 0.0              # weight of the relative squared distance |v - v_ref|^2 / |v_ref|^2 (0 = off)
     anchor_prompts_per_step: int = 8        # anchored prompts per process per optimizer step
     anchor_scenarios: dict[str, float] = field(default_factory=dict)  # their mixture ({} = every image scenario)
+    anchor_step_range: list[int] = field(default_factory=list)  # [lo, hi) of the rollout steps anchored ([] = all;
+    #                                         e.g. the later, low-noise steps, where fine detail such as glyphs is drawn)
     lora_target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     trainable: list[str] = field(default_factory=lambda: ["*"])   # full fine-tuning: fnmatch patterns
 
@@ -273,6 +275,18 @@ class DiTPhaseConfig(OptimConfig):
         if not self.lora and not self.trainable:
             raise _bad("dit.trainable", self.trainable, "nothing would be trained", "give patterns or --dit.lora=true")
         _check_anchor("dit", self.anchor_weight, self.anchor_prompts_per_step, self.anchor_scenarios)
+        if self.anchor_step_range:
+            lo, hi = (list(self.anchor_step_range) + [None, None])[:2]
+            if (len(self.anchor_step_range) != 2 or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                            for v in (lo, hi)) or not 0 <= lo < hi <= self.num_steps):
+                raise _bad("dit.anchor_step_range", self.anchor_step_range,
+                           f"need [lo, hi) with 0 <= lo < hi <= num_steps={self.num_steps}, or [] for every step",
+                           f"e.g. --dit.anchor_step_range=[{self.num_steps // 2},{self.num_steps}]")
+
+    def anchor_steps(self) -> list[int]:
+        """Indices of the rollout steps the velocity anchor holds."""
+        lo, hi = self.anchor_step_range if self.anchor_step_range else (0, self.num_steps)
+        return list(range(lo, hi))
 
     def trained_steps(self, window_start: int | None = None) -> list[int]:
         """Indices of the trained (and SDE) steps; ``window_start`` is drawn by the caller in window mode."""

@@ -13,7 +13,7 @@ Pieces, in the order a step uses them:
 
 4. ``velocity_anchor_update`` (optional, ``dit.anchor_weight > 0``): holds the guided velocity on prompts of other
    scenarios near the reference DiT's, along Euler trajectories the reference drew (``reference_trajectories``),
-   at every step of the schedule.
+   at every step of the schedule or at those of ``dit.anchor_step_range``.
 
 Choices: the unconditional CFG branch is not detached by default (Flow-GRPO's fast script; ``train_sd3.py`` detaches
 it: ``dit.detach_uncond: true``);
@@ -145,14 +145,16 @@ class VelocityAnchor:
     neg: DiTConditions | None             # (n) CFG negatives (None without CFG)
     timesteps: torch.Tensor               # (S + 1,) the rollout schedule
     states: torch.Tensor                  # (n, S + 1, C, h, w) x_0..x_S of the reference's Euler runs
-    velocities: torch.Tensor              # (n, S, C, h, w) the reference's guided velocity at x_j, fp32
+    steps: list[int]                      # (K,) the anchored step indices j (``dit.anchor_step_range``)
+    velocities: torch.Tensor              # (n, K, C, h, w) the reference's guided velocity at x_j, j in steps, fp32
 
 
 @torch.no_grad()
 def reference_trajectories(pipe, reference, items: Sequence[PromptItem], enc: InstructionFeatures,
                            cfg: DiTPhaseConfig, seeds: Sequence[int]) -> VelocityAnchor:
     """The frozen reference DiT draws each prompt (Euler, the rollout schedule, size and CFG; ``seeds[i]`` seeds
-    prompt i's initial noise); its guided velocity at every state is kept for ``velocity_anchor_update``."""
+    prompt i's initial noise); its guided velocity at the anchored steps' states is kept for
+    ``velocity_anchor_update``."""
     n, dev, dt = len(items), pipe.device, pipe.dtype
     refs = reference_latents(pipe, items, cfg.resolution)
     cond = DiTConditions(enc.features.to(dev, dt), enc.mask.to(dev), refs)
@@ -161,7 +163,7 @@ def reference_trajectories(pipe, reference, items: Sequence[PromptItem], enc: In
     C, h, w = latent_shape(pipe, cfg.resolution)
     noise = initial_noise(list(seeds), (C, h, w), dev, dt)
     timesteps = pipe.scheduler.timesteps(cfg.num_steps, h * w, device=dev)
-    S = timesteps.numel() - 1
+    S, steps = timesteps.numel() - 1, cfg.anchor_steps()
     states, velocities = [], []
     with reference() as ref_dit:
         for s in range(0, n, cfg.micro_batch_size):
@@ -170,21 +172,21 @@ def reference_trajectories(pipe, reference, items: Sequence[PromptItem], enc: In
             traj = sample(ref_dit, noise[idx], c, ng, timesteps, guidance, return_trajectory=True)
             xs = torch.stack(traj.states, dim=1)                                             # (b, S + 1, C, h, w)
             vs = [guided_velocity(ref_dit, xs[:, j], timesteps[j].to(xs.dtype), c, ng, guidance, j, S).float()
-                  for j in range(S)]
+                  for j in steps]
             states.append(xs)
-            velocities.append(torch.stack(vs, dim=1))                                        # (b, S, C, h, w)
-    return VelocityAnchor(cond, neg, timesteps, torch.cat(states), torch.cat(velocities))
+            velocities.append(torch.stack(vs, dim=1))                                        # (b, K, C, h, w)
+    return VelocityAnchor(cond, neg, timesteps, torch.cat(states), steps, torch.cat(velocities))
 
 
 def anchor_terms(policy: Callable, anchor: VelocityAnchor, cfg: DiTPhaseConfig) -> Iterator[torch.Tensor]:
-    """The velocity anchor's distance, one term per (step j, micro-batch): sum_i |v_i - v_ref_i|^2 over the
+    """The velocity anchor's distance, one term per (anchored step j, micro-batch): sum_i |v_i - v_ref_i|^2 over the
     micro-batch's prompts / sum_i |v_ref_i|^2 over all of them, with CFG inside the forward as in the Flow-GRPO
-    update. The distance is the mean over the S steps of each step's terms summed."""
+    update. The distance is the mean over the anchored steps of each step's terms summed."""
     ts, n = anchor.timesteps, anchor.states.shape[0]
     S = ts.numel() - 1
     guidance = Guidance(text_scale=cfg.guidance_scale, image_scale=cfg.image_guidance_scale)
-    for j in range(S):
-        v_ref = anchor.velocities[:, j]
+    for k, j in enumerate(anchor.steps):
+        v_ref = anchor.velocities[:, k]
         norm = v_ref.pow(2).sum().clamp_min(1e-12)
         for s in range(0, n, cfg.micro_batch_size):
             idx = list(range(s, min(n, s + cfg.micro_batch_size)))
@@ -204,9 +206,9 @@ def velocity_anchor_update(policy: Callable, anchor: VelocityAnchor, cfg: DiTPha
     only sees the trained prompts at the trained steps. With DDP the gradient is averaged over ranks like every
     other term; every rank makes the same number of forwards. Returns {"anchor": the distance before the update}.
     """
-    S = anchor.timesteps.numel() - 1
+    K = len(anchor.steps)
     total = 0.0
     for term in anchor_terms(policy, anchor, cfg):
-        (weight * term / S).backward()
+        (weight * term / K).backward()
         total += float(term.detach())
-    return {"anchor": total / S}
+    return {"anchor": total / K}
