@@ -801,3 +801,52 @@ def test_understanding_scenario_bad_configs(tiny_ckpt, tmp_path, over, reason):
         "--mllm.scenario_weights={}", "--dit.scenario_weights={}", *over])
     with pytest.raises(ConfigError, match=reason):
         build_run(cfg)
+
+
+def test_split_painter_bench_routes_steps_by_noise_level(tmp_path, capsys):
+    """bench/split_painter.py: its painter sends steps with t < split to the HIGH DiT and the rest to LOW (CFG
+    branches together), split 1.0 paints exactly as HIGH alone, a call mixing both sides is refused, and bad
+    arguments exit 2 naming the value before anything is loaded or written."""
+    import importlib.util
+
+    from thinkgen.testing import build_tiny_pipeline
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "split_painter.py"
+    spec = importlib.util.spec_from_file_location("split_painter", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    high, low = build_tiny_pipeline(0), build_tiny_pipeline(1)
+    kw = dict(height=32, width=32, num_inference_steps=4, seed=3)
+    alone = np.asarray(high("a red circle", **kw).images[0])
+    seen = {"high": [], "low": []}
+    hooks = [m.register_forward_hook(lambda mod_, args, out, k=k: seen[k].append(args[1].reshape(-1).tolist()))
+             for k, m in (("high", high.transformer), ("low", low.transformer))]
+    dit_high = high.transformer
+    high.transformer = mod.SplitPainter(dit_high, low.transformer, 1.0)
+    assert (np.asarray(high("a red circle", **kw).images[0]) == alone).all()
+    assert seen["low"] == [] and len(seen["high"]) == 4
+    seen["high"].clear()
+    high.transformer = mod.SplitPainter(dit_high, low.transformer, 0.5)
+    split = np.asarray(high("a red circle", **kw).images[0])
+    assert seen["high"] and seen["low"]
+    assert all(t < 0.5 for call in seen["high"] for t in call) and all(t >= 0.5 for call in seen["low"] for t in call)
+    assert not (split == alone).all()
+    for h in hooks:
+        h.remove()
+    with pytest.raises(ValueError, match="mixes t on both sides"):
+        high.transformer(torch.zeros(2, 4, 8, 8), torch.tensor([0.2, 0.8]))
+
+    ckpt = tmp_path / "not_a_checkpoint"
+    ckpt.mkdir()
+    for argv, needle in ((["--split", "0"], "--split=0.0 must be in (0, 1]"),
+                         (["--split", "nan"], "--split=nan"),
+                         (["--split", "0.5", "--", "--seeds", "0"], "--seeds=0 must be >= 1"),
+                         (["--split", "0.5", "--", "--out", "x"], "--out is set by split_painter.py")):
+        with pytest.raises(SystemExit):
+            mod.main(["--high", str(tmp_path), "--low", str(tmp_path), "--out", str(tmp_path / "o")] + argv)
+        assert needle in capsys.readouterr().err, argv
+    with pytest.raises(SystemExit):
+        mod.main(["--high", str(ckpt), "--low", str(ckpt), "--split", "0.5", "--out", str(tmp_path / "o")])
+    assert "is not a ThinkGen checkpoint folder" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

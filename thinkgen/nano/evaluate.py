@@ -217,14 +217,16 @@ def image_grid(records: list[dict], per_family: int = 4):
     return grid
 
 
-def evaluate(args) -> dict:
+def evaluate(args, pipe=None) -> dict:
+    """Score ``args.model`` (or an already built ``pipe``, e.g. one whose painter was swapped) on held-out prompts."""
     from thinkgen.pipeline import ThinkGenPipeline
 
     t0 = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     d = _defaults(args.model)
-    pipe = ThinkGenPipeline.from_pretrained(args.model, device=args.device)
+    if pipe is None:
+        pipe = ThinkGenPipeline.from_pretrained(args.model, device=args.device)
     fams = [f for f in (args.families.split(",") if args.families else FAMILIES)]
     records: list[dict] = []
     for fam in fams:
@@ -282,16 +284,21 @@ def main(argv=None) -> int:
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    evaluate(parse_args(argv))
+    return 0
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse and check ``thinkgen eval nano`` arguments (a bad value exits 2 naming it, before anything is written)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     for flag, value, lo in (("--seeds", args.seeds, 1), ("--n-per-family", args.n_per_family, 1),
                             ("--n-composition", args.n_composition, 0), ("--batch-size", args.batch_size, 1),
                             ("--steps", args.steps, 0)):
         if value < lo:
-            parser.error(f"{flag}={value} must be >= {lo}")   # exit 2, nothing written
+            parser.error(f"{flag}={value} must be >= {lo}")
     args.argv = argv
-    evaluate(args)
-    return 0
+    return args
 
 
 if __name__ == "__main__":
