@@ -66,9 +66,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(own)
     if not (math.isfinite(args.split) and 0.0 < args.split <= 1.0):
         ap.error(f"--split={args.split} must be in (0, 1] (t = 0 is noise, 1 is data), e.g. --split 0.714")
-    for flag in ("--model", "--out", "--device"):
+    for flag, fix in (("--model", "name the checkpoints with --high and --low"),
+                      ("--out", "pass --out before '--'"), ("--device", "pass --device before '--'")):
         if any(a == flag or a.startswith(flag + "=") for a in rest):
-            ap.error(f"{flag} is set by split_painter.py; pass it before '--' (or drop it)")
+            ap.error(f"{flag} after '--' is set by split_painter.py: {fix}")
     eargs = nano_eval.parse_args(["--model", args.high, "--out", args.out, "--device", args.device] + rest)
     for flag, path in (("--high", args.high), ("--low", args.low)):
         if not (Path(path) / "model_index.json").is_file():

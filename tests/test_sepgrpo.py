@@ -842,7 +842,8 @@ def test_split_painter_bench_routes_steps_by_noise_level(tmp_path, capsys):
     for argv, needle in ((["--split", "0"], "--split=0.0 must be in (0, 1]"),
                          (["--split", "nan"], "--split=nan"),
                          (["--split", "0.5", "--", "--seeds", "0"], "--seeds=0 must be >= 1"),
-                         (["--split", "0.5", "--", "--out", "x"], "--out is set by split_painter.py")):
+                         (["--split", "0.5", "--", "--out", "x"], "--out after '--' is set by split_painter.py"),
+                         (["--split", "0.5", "--", "--model", "x"], "name the checkpoints with --high and --low")):
         with pytest.raises(SystemExit):
             mod.main(["--high", str(tmp_path), "--low", str(tmp_path), "--out", str(tmp_path / "o")] + argv)
         assert needle in capsys.readouterr().err, argv
