@@ -1,4 +1,6 @@
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,3 +25,16 @@ def tiny_pipe(tiny_ckpt):
     from thinkgen.pipeline import ThinkGenPipeline
 
     return ThinkGenPipeline.from_pretrained(tiny_ckpt)
+
+
+@pytest.fixture
+def bench_module():
+    """Load a script under bench/ as a module by name (bench/ is not a package): ``bench_module("split_painter")``."""
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

@@ -803,18 +803,13 @@ def test_understanding_scenario_bad_configs(tiny_ckpt, tmp_path, over, reason):
         build_run(cfg)
 
 
-def test_split_painter_bench_routes_steps_by_noise_level(tmp_path, capsys):
+def test_split_painter_bench_routes_steps_by_noise_level(tmp_path, capsys, bench_module):
     """bench/split_painter.py: its painter sends steps with t < split to the HIGH DiT and the rest to LOW (CFG
     branches together), split 1.0 paints exactly as HIGH alone, a call mixing both sides is refused, and bad
     arguments exit 2 naming the value before anything is loaded or written."""
-    import importlib.util
-
     from thinkgen.testing import build_tiny_pipeline
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "split_painter.py"
-    spec = importlib.util.spec_from_file_location("split_painter", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = bench_module("split_painter")
 
     high, low = build_tiny_pipeline(0), build_tiny_pipeline(1)
     kw = dict(height=32, width=32, num_inference_steps=4, seed=3)

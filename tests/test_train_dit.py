@@ -341,18 +341,8 @@ def test_explicit_resume_from_a_torn_checkpoint_is_an_error(assets, tmp_path):
         train_dit(cfg_for(assets, tmp_path / "run", resume=str(torn)))
 
 
-def _bench_module(name: str):
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_dit_focus_bench_refuses_start_ema_without_ema_weights(tmp_path, capsys):
-    mod = _bench_module("nano_dit_focus")
+def test_dit_focus_bench_refuses_start_ema_without_ema_weights(tmp_path, capsys, bench_module):
+    mod = bench_module("nano_dit_focus")
     start = tmp_path / "start"
     (start / "transformer").mkdir(parents=True)
     (start / "model_index.json").write_text("{}")
@@ -362,12 +352,12 @@ def test_dit_focus_bench_refuses_start_ema_without_ema_weights(tmp_path, capsys)
     assert not (tmp_path / "out").exists()           # nothing written
 
 
-def test_lazy_rewriter_bench_data_and_refusals(tmp_path, capsys):
+def test_lazy_rewriter_bench_data_and_refusals(tmp_path, capsys, bench_module):
     """bench/nano_lazy_rewriter.py: the given share of reasoning answers becomes the request verbatim (thought
     kept), nothing else changes, image paths become absolute; a run folder without SFT data is refused, unwritten."""
     import json
 
-    mod = _bench_module("nano_lazy_rewriter")
+    mod = bench_module("nano_lazy_rewriter")
     data = tmp_path / "run" / "data"
     data.mkdir(parents=True)
     recs = [{"family": "reasoning", "instruction": f"as many stars as {i} plus one", "think": "t", "answer": "two stars",
@@ -396,7 +386,7 @@ def test_lazy_rewriter_bench_data_and_refusals(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_deepen_bench_grows_the_shipped_mllm_unchanged(tmp_path, capsys):
+def test_deepen_bench_grows_the_shipped_mllm_unchanged(tmp_path, capsys, bench_module):
     """bench/nano_deepen.py on the shipped nano MLLM: one more layer, or twice the heads and a wider MLP; features
     and greedy answers checked equal before writing, mllm/ + processor/ written; an existing output, nothing to grow,
     a bad --head-factor, a shrinking MLP and binding tokens the shipped tokenizer already has are refused, nothing
@@ -406,7 +396,7 @@ def test_deepen_bench_grows_the_shipped_mllm_unchanged(tmp_path, capsys):
     from thinkgen.nano.models import build_nano_tokenizer
     from thinkgen.pipeline import default_model_path
 
-    mod = _bench_module("nano_deepen")
+    mod = bench_module("nano_deepen")
     shipped = default_model_path()
     assert mod.main(["--start", str(shipped), "--out", str(tmp_path / "deep"), "--add", "1"]) == 0
     assert "feature max diff 0.00e+00" in capsys.readouterr().out
@@ -422,7 +412,7 @@ def test_deepen_bench_grows_the_shipped_mllm_unchanged(tmp_path, capsys):
     assert (tc["num_attention_heads"], tc["num_key_value_heads"], tc["intermediate_size"], tc["vocab_size"]) == (
         2 * old["num_attention_heads"], 2 * old["num_key_value_heads"], 512, old["vocab_size"])
     # a start whose tokenizer lacks the binding words (a fresh nano tokenizer) is refused by the focus phase
-    phase = _bench_module("nano_focus_phase")
+    phase = bench_module("nano_focus_phase")
     bare = tmp_path / "bare"
     (bare / "mllm").mkdir(parents=True)
     build_nano_tokenizer().save_pretrained(bare / "processor")
@@ -444,12 +434,12 @@ def test_deepen_bench_grows_the_shipped_mllm_unchanged(tmp_path, capsys):
     assert not (tmp_path / "d2").exists()
 
 
-def test_grpo_signal_bench_reports_vote_accuracy(capsys):
+def test_grpo_signal_bench_reports_vote_accuracy(capsys, bench_module):
     """bench/nano_grpo_signal.py on the shipped model (2 questions, groups of 2): greedy, sampled, mixed-group and
     majority-vote accuracies in [0, 1], and the greedy chat-mode answers equal chat()'s."""
     import json
 
-    mod = _bench_module("nano_grpo_signal")
+    mod = bench_module("nano_grpo_signal")
     assert mod.main(["--n", "2", "--group", "2"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["greedy_equals_chat"] == "2/2"
@@ -459,12 +449,12 @@ def test_grpo_signal_bench_reports_vote_accuracy(capsys):
         mod.main(["--n", "2", "--group", "1"])
 
 
-def test_near_miss_weight_bench(tmp_path, capsys):
+def test_near_miss_weight_bench(tmp_path, capsys, bench_module):
     """bench/nano_near_miss_weight.py: a question is a near miss when an object shares exactly one of the asked colour
     and kind; near misses are repeated --weight times, the images folder is linked, a bad weight is refused."""
     import json
 
-    mod = _bench_module("nano_near_miss_weight")
+    mod = bench_module("nano_near_miss_weight")
     cap = "small cyan square top left , large purple star centre , sign AB"
     assert mod.caption_objects(cap + " ; cyan star none") == [("cyan", "square"), ("purple", "star")]
     assert mod.near_miss("is there a cyan star?", cap)                    # cyan square / purple star share one
@@ -489,12 +479,12 @@ def test_near_miss_weight_bench(tmp_path, capsys):
         assert needle in capsys.readouterr().err
 
 
-def test_heldout_census_covers_what_the_generator_holds_out():
+def test_heldout_census_covers_what_the_generator_holds_out(bench_module):
     """bench/nano_heldout_census.py enumerates the spaces the composition generator draws from: every held-out prompt
     the generator makes is in the census, and the census counts equal the generator's once its space is exhausted."""
     from thinkgen.nano.prompts import generate
 
-    mod = _bench_module("nano_heldout_census")
+    mod = bench_module("nano_heldout_census")
     rows = mod.census()
     for cat in ("single_object", "two_object", "counting", "position"):
         space = {mod.rendered_caption(s) for s in mod.spec_space(cat)}
