@@ -1,5 +1,7 @@
 import importlib.util
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,40 @@ def bench_module():
         return mod
 
     return load
+
+
+def run_bounded(cmd, *, timeout: float, env=None, cwd=None, what: str = "subprocess") -> subprocess.CompletedProcess:
+    """Run ``cmd`` in its own process group with a hard wall-clock bound; on expiry kill the whole group and fail.
+
+    ``subprocess.run(timeout=...)`` kills only the direct child and then waits for its pipes, which a surviving
+    grandchild (a torchrun worker) keeps open: a hang there outlives the timeout. Here output goes to files, the
+    group gets SIGKILL, and the failure message carries the tail of both streams. A hang guard, not a speed test.
+    """
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                start_new_session=True, text=True)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            rc = None
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)    # leftovers of a finished run, or the hung run itself
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if rc is None:
+        pytest.fail(f"{what} did not finish within {timeout:.0f} s (process group killed)\n"
+                    f"stdout:\n{stdout[-4000:]}\nstderr:\n{stderr[-4000:]}")
+    return subprocess.CompletedProcess(cmd, rc, stdout, stderr)
+
+
+@pytest.fixture
+def bounded():
+    """:func:`run_bounded` as a fixture (test modules do not import conftest)."""
+    return run_bounded

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -54,16 +53,13 @@ parallel.cleanup_distributed()
 
 
 @pytest.mark.skipif(not TORCHRUN.is_file() and shutil.which("torchrun") is None, reason="torchrun not installed")
-def test_sharded_mllm_thinks_like_unsharded(tiny_ckpt, tmp_path):
+def test_sharded_mllm_thinks_like_unsharded(tiny_ckpt, tmp_path, bounded):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     cmd = [str(TORCHRUN) if TORCHRUN.is_file() else "torchrun", "--standalone", "--nproc_per_node", "2",
            str(script), str(tiny_ckpt), str(tmp_path)]
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=str(tmp_path))
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"2-process think timed out (unsynced decoding?)\nstdout:\n{e.stdout}\nstderr:\n{e.stderr}")
+    proc = bounded(cmd, env=env, timeout=240, cwd=str(tmp_path), what="2-process think (unsynced decoding?)")
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for r in ranks:

@@ -4,15 +4,14 @@ Under FSDP2 the MLLM decodes rollouts of different lengths on the two ranks (syn
 fine-tuning references are sharded too. The MLLM phase runs with the feature anchor (an extra forward / backward
 through the wrapped policy and one through the reference).
 
-Robustness: a free rendezvous port (``--standalone``), one thread per process, a hard timeout, and the output of
-both ranks in the failure message.
+Robustness: a free rendezvous port (``--standalone``), one thread per process, a hard timeout that kills the whole process
+group, and the output of both ranks in the failure message.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 @pytest.mark.skipif(not TORCHRUN.is_file() and shutil.which("torchrun") is None, reason="torchrun not installed")
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-def test_two_process_run(tiny_ckpt, tmp_path, strategy):
+def test_two_process_run(tiny_ckpt, tmp_path, strategy, bounded):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(r) + "\n" for r in PROMPTS))
     out = tmp_path / "out"
@@ -42,10 +41,7 @@ def test_two_process_run(tiny_ckpt, tmp_path, strategy):
     env.pop("THINKGEN_FAULT", None)
     cmd = [str(TORCHRUN) if TORCHRUN.is_file() else "torchrun", "--standalone", "--nproc_per_node", "2",
            "-m", "thinkgen.rl.sepgrpo", "--config", str(cfg)]
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"2-process run timed out\nstdout:\n{e.stdout}\nstderr:\n{e.stderr}")
+    proc = bounded(cmd, env=env, timeout=300, cwd=str(tmp_path), what="2-process run")
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
 
     lines = [json.loads(l) for l in (out / "logs" / "metrics.jsonl").read_text().splitlines() if l.strip()]

@@ -136,13 +136,31 @@ def test_no_unsafe_loading_in_training_code():
         assert "weights_only=False" not in text and "pickle.load" not in text, f
 
 
-def test_torchrun_with_one_process_joins_the_group_and_wraps(monkeypatch):
-    """Under torchrun a 1-process launch runs the multi-process code path (process group, DDP); plain python does
-    not join anything."""
-    import socket
+ONE_PROCESS_WORKER = r"""
+import json, sys
+import torch
+import torch.distributed as tdist
+from thinkgen.train import parallel
 
-    import torch
-    import torch.distributed as tdist
+model = torch.nn.Linear(3, 2)
+info = parallel.init_distributed("cpu", timeout_s=60)
+wrapped = parallel.wrap_model(model, "ddp")
+wrapped(torch.ones(4, 3)).sum().backward()
+res = dict(is_dist=parallel.is_dist(), backend=info.backend, world_size=info.world_size, distributed=info.distributed,
+           ddp=isinstance(wrapped, torch.nn.parallel.DistributedDataParallel),
+           unwrapped=parallel.unwrap(wrapped) is model, grad=model.weight.grad is not None)
+parallel.cleanup_distributed()
+res["cleaned_up"] = not tdist.is_initialized()
+print(json.dumps(res))
+"""
+
+
+def test_torchrun_with_one_process_joins_the_group_and_wraps(tmp_path, bounded):
+    """Under torchrun a 1-process launch runs the multi-process code path (process group, DDP); plain python does
+    not join anything. The torchrun side runs in a child process (its own process group, hard-killed if it hangs) with
+    the variables torchrun sets, so no process-group state can leak into, or hang, the test session."""
+    import socket
+    import sys
 
     from thinkgen.train import parallel
 
@@ -152,16 +170,12 @@ def test_torchrun_with_one_process_joins_the_group_and_wraps(monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    for k, v in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                     TORCHELASTIC_RUN_ID="test").items():
-        monkeypatch.setenv(k, v)
-    try:
-        info = parallel.init_distributed("cpu")
-        assert parallel.is_dist() and info.backend == "gloo" and info.world_size == 1 and not info.distributed
-        wrapped = parallel.wrap_model(model, "ddp")
-        assert isinstance(wrapped, torch.nn.parallel.DistributedDataParallel) and parallel.unwrap(wrapped) is model
-        wrapped(torch.ones(4, 3)).sum().backward()
-        assert model.weight.grad is not None
-    finally:
-        parallel.cleanup_distributed()
-    assert not tdist.is_initialized()
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port), "TORCHELASTIC_RUN_ID": "test", "OMP_NUM_THREADS": "1"}
+    script = tmp_path / "one_process.py"
+    script.write_text(ONE_PROCESS_WORKER)
+    proc = bounded([sys.executable, str(script)], env=env, timeout=180, cwd=str(tmp_path), what="1-process torchrun")
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res == dict(is_dist=True, backend="gloo", world_size=1, distributed=False, ddp=True, unwrapped=True,
+                       grad=True, cleaned_up=True)

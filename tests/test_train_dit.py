@@ -209,16 +209,18 @@ def test_cli_main_train(assets, tmp_path, capsys):
         main_train(["dit", "--config", str(y), "--stepz=1"])
 
 
-def _torchrun(args: list[str], timeout: int) -> subprocess.CompletedProcess:
+def _torchrun(bounded, args: list[str], timeout: int, fault: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     env.pop("THINKGEN_FAULT", None)
+    if fault:
+        env["THINKGEN_FAULT"] = fault
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "thinkgen.train.cli", *args]
-    return subprocess.run(cmd, env=env, cwd=str(REPO), capture_output=True, text=True, timeout=timeout)
+    return bounded(cmd, env=env, cwd=str(REPO), timeout=timeout, what="2-process torchrun")
 
 
 @pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp2", marks=pytest.mark.slow)])
-def test_torchrun_two_processes_gloo(assets, tmp_path, strategy):
+def test_torchrun_two_processes_gloo(assets, tmp_path, strategy, bounded):
     """2 processes on gloo finish and export; one retry for a flaky CPU launch (ecosystem.md §9.17).
 
     Lines alternate edit / t2i and the shuffle buffer is 1, so rank 0 always has reference images and rank 1
@@ -234,17 +236,12 @@ def test_torchrun_two_processes_gloo(assets, tmp_path, strategy):
             "--max_steps=3", "--save_every=2", "--warmup_steps=0", "--device=cpu", f"--parallel={strategy}",
             "--shuffle_buffer=1", "--log_every=1", "--prompt_dropout_prob=0"]
     for attempt in range(2):
-        try:
-            proc = _torchrun(args, timeout=240)
-        except subprocess.TimeoutExpired as e:
-            proc = None
-            err = f"timeout: {e}"
-        if proc is not None and proc.returncode == 0:
+        proc = _torchrun(bounded, args, timeout=240)
+        if proc.returncode == 0:
             break
-        err = err if proc is None else proc.stderr[-3000:]
         shutil.rmtree(out, ignore_errors=True)
     else:
-        pytest.fail(f"torchrun failed twice:\n{err}")
+        pytest.fail(f"torchrun failed twice:\n{proc.stderr[-3000:]}")
     final = out / "final"
     verify_manifest(final)
     ThinkGenTransformer2DModel.from_pretrained(final / "transformer")
@@ -289,7 +286,7 @@ def test_bf16_without_cuda_is_refused(assets, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-def test_torchrun_resume_is_bit_identical(assets, tmp_path, strategy):
+def test_torchrun_resume_is_bit_identical(assets, tmp_path, strategy, bounded):
     """T1 distributed variant: 2 gloo processes killed after step 3, resumed -> same weights as a straight run."""
     model, data = assets
 
@@ -298,18 +295,10 @@ def test_torchrun_resume_is_bit_identical(assets, tmp_path, strategy):
                 "--max_steps=4", "--save_every=2", "--warmup_steps=0", "--device=cpu", f"--parallel={strategy}",
                 "--shuffle_buffer=2", "--lr=1e-3", "--ema_decay=0.9"]
 
-    assert _torchrun(args(tmp_path / "a"), timeout=240).returncode == 0
-    os.environ["THINKGEN_FAULT"] = "step:3"
-    try:
-        env_run = subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-             "thinkgen.train.cli", *args(tmp_path / "b")],
-            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}, cwd=str(REPO),
-            capture_output=True, text=True, timeout=240)
-    finally:
-        del os.environ["THINKGEN_FAULT"]
-    assert env_run.returncode != 0 and "FaultInjected" in env_run.stderr
-    assert _torchrun(args(tmp_path / "b"), timeout=240).returncode == 0
+    assert _torchrun(bounded, args(tmp_path / "a"), timeout=240).returncode == 0
+    killed = _torchrun(bounded, args(tmp_path / "b"), timeout=240, fault="step:3")
+    assert killed.returncode != 0 and "FaultInjected" in killed.stderr
+    assert _torchrun(bounded, args(tmp_path / "b"), timeout=240).returncode == 0
     for sub in ("transformer", "transformer_ema"):
         assert sha(tmp_path / "a" / "final" / sub / W) == sha(tmp_path / "b" / "final" / sub / W)
 

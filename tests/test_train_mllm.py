@@ -122,9 +122,8 @@ def test_lora_sft_exports_merged_weights(assets, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy,extra", [("ddp", []), ("fsdp2", ["--lora=true"])])
-def test_torchrun_two_processes_gloo(assets, tmp_path, strategy, extra):
+def test_torchrun_two_processes_gloo(assets, tmp_path, strategy, extra, bounded):
     """Rank 0 gets the image samples, rank 1 the text-only ones (alternating lines, shuffle buffer 1)."""
-    import subprocess
     import sys
 
     repo = Path(__file__).resolve().parents[1]
@@ -137,7 +136,7 @@ def test_torchrun_two_processes_gloo(assets, tmp_path, strategy, extra):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
     env.pop("THINKGEN_FAULT", None)
     for attempt in range(2):
-        proc = subprocess.run(cmd, env=env, cwd=str(repo), capture_output=True, text=True, timeout=240)
+        proc = bounded(cmd, env=env, cwd=str(repo), timeout=240, what="2-process torchrun")
         if proc.returncode == 0:
             break
     assert proc.returncode == 0, proc.stderr[-3000:]
