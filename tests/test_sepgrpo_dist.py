@@ -4,8 +4,8 @@ Under FSDP2 the MLLM decodes rollouts of different lengths on the two ranks (syn
 fine-tuning references are sharded too. The MLLM phase runs with the feature anchor (an extra forward / backward
 through the wrapped policy and one through the reference).
 
-Robustness: a free rendezvous port (``--standalone``), one thread per process, a hard timeout that kills the whole process
-group, and the output of both ranks in the failure message.
+Robustness: a free rendezvous port (``--standalone``), one thread per process, a hard timeout that kills the whole
+process group, and the output of both ranks in the failure message.
 """
 from __future__ import annotations
 

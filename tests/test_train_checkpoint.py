@@ -137,7 +137,7 @@ def test_no_unsafe_loading_in_training_code():
 
 
 ONE_PROCESS_WORKER = r"""
-import json, sys
+import json
 import torch
 import torch.distributed as tdist
 from thinkgen.train import parallel
