@@ -14,7 +14,7 @@ from thinkgen.nano.prompts import (
     CATEGORIES, FAMILIES, GENEVAL_CATEGORIES, EditOp, Sample, apply_edit, edit_caption, generate, parse_edit,
     spec_key, split_of, vocabulary)
 from thinkgen.nano.scoring import (
-    aggregate, caption_to_spec, check_scene, normalise_answer, score, score_answer, spec_equivalent)
+    aggregate, caption_to_spec, check_scene, failure_mode, normalise_answer, score, score_answer, spec_equivalent)
 from thinkgen.nano.world import (
     COLOURS, KINDS, LETTERS, SIZES, GroupSpec, Obj, Scene, SceneSpec, degrade, join_words, layout, random_scene,
     relative_position, render, rendered_caption, slot_centre, words)
@@ -263,6 +263,34 @@ def test_scorer_strict_and_text():
     assert not r["correct"] and r["score"] == pytest.approx(2 / 3)
     assert not score(t, render(Scene()))["correct"]
     assert not score(t, render(Scene((_obj("star", "red", (0, 0)),), "CAT")))["correct"]  # nothing else allowed
+
+
+def test_failure_mode_names_what_went_wrong():
+    def mode(sample, *objs, text=None):
+        scene = Scene(tuple(objs), text)
+        return failure_mode(sample, scene, check_scene(sample, scene))
+
+    pos = _composition_sample(_spec("a circle right of a diamond"), "position")
+    assert mode(pos, _obj("diamond", "red", (1, 0)), _obj("circle", "blue", (1, 2))) is None
+    # the painter's typical error: the second-named kind drawn in the first one's place
+    assert mode(pos, _obj("diamond", "red", (1, 0)), _obj("diamond", "blue", (1, 2))) == "binding"
+    assert mode(pos, _obj("diamond", "red", (1, 0)), _obj("square", "blue", (1, 2))) == "missing"
+    assert mode(pos, _obj("circle", "red", (1, 0)), _obj("diamond", "blue", (1, 2))) == "relation"
+    cnt = _composition_sample(_spec("three stars"), "counting")
+    assert mode(cnt, *[_obj("star", "red", (1, c)) for c in range(2)]) == "count"
+    assert mode(cnt, *[_obj("star", "red", (r, c)) for r in (0, 1) for c in range(2)]) == "count"   # exact
+    col = _composition_sample(_spec("a red circle and a blue square"), "color_attr")
+    assert mode(col, _obj("circle", "blue", (1, 0)), _obj("square", "red", (1, 2))) == "colour"
+    strict = Sample("reasoning", "count_knowledge", "", "", "", _spec("three yellow stars"))
+    three = [_obj("star", "yellow", (1, c)) for c in range(3)]
+    assert mode(strict, *three, _obj("circle", "red", (0, 0))) == "extra"
+    sign = Sample("text", "literal", "", "", "", _spec('a sign that says "CAT"'))
+    assert mode(sign, text="CAR") == "text"
+    from thinkgen.nano.evaluate import failure_counts
+
+    recs = [{"think": "off", "family": "composition", "category": "position", "failure": f}
+            for f in ("binding", "binding", "relation", None)]
+    assert failure_counts(recs) == {"think_off": {"composition/position": {"binding": 2, "relation": 1}}}
 
 
 def test_scorer_editing():

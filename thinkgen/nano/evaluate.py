@@ -6,8 +6,9 @@ For every image family (composition per GenEval category + compound, reasoning, 
 held-out prompts (``prompts.generate(..., split="heldout")``) are generated with think off and on, ``--seeds`` noise
 seeds each (image j of a prompt uses seed + j, and the k-th repeat of a prompt -- small categories have only 2-4
 held-out specs -- starts at seed + k * seeds; thinking is greedy unless the model's defaults say otherwise), and
-every image is scored by the parser (``scoring.score``). With think on, the MLLM's answer after ``</think>`` is also
-scored as text (``scoring.score_answer``: "answer accuracy"). Understanding: ``pipeline.chat`` on the input scene,
+every image is scored by the parser (``scoring.score``) and, when wrong, its failure named (``scoring.failure_mode``:
+binding, missing, count, colour, ...; counted per category in the summary). With think on, the MLLM's answer after
+``</think>`` is also scored as text (``scoring.score_answer``: "answer accuracy"). Understanding: ``pipeline.chat`` on the input scene,
 scored by ``score_answer`` (greedy, seed-independent).
 
 Writes ``results.json`` (atomically; summary + per-image records), ``results.md`` (table) and ``grid.png``
@@ -26,7 +27,8 @@ import torch
 
 from thinkgen.mllm import split_thoughts
 from thinkgen.nano.prompts import FAMILIES, GENEVAL_CATEGORIES, IMAGE_FAMILIES, generate, sample_uid
-from thinkgen.nano.scoring import aggregate, score, score_answer
+from thinkgen.nano.parser import parse
+from thinkgen.nano.scoring import FAILURE_MODES, aggregate, check_scene, failure_mode, score_answer
 
 EVAL_SEED = 1234          # prompt-drawing seed of the held-out set
 MODES = ("off", "on")
@@ -84,11 +86,13 @@ def run_images(pipe, samples, mode: str, seeds: int, d: dict, args) -> list[dict
             ans = score_answer(s, out.instructions[b]) if mode == "on" else None
             for j in range(seeds):
                 img = out.images[b * seeds + j]
-                r = score(s, img)
+                scene = parse(img)
+                r = check_scene(s, scene)
                 recs.append({"family": s.family, "category": s.category, "think": mode,
                              "seed": out.seeds[b * seeds + j], "uid": sample_uid(s), "prompt": s.prompt,
                              "instruction": out.instructions[b], "thoughts": out.thoughts[b],
                              "correct": bool(r["correct"]), "score": float(r["score"]),
+                             "failure": failure_mode(s, scene, r), "reasons": list(r["details"].get("reasons", [])),
                              "answer_correct": None if ans is None else bool(ans["correct"]),
                              "_sample": s, "_image": img if j == 0 else None})
     return recs
@@ -125,6 +129,20 @@ def summarise(records: list[dict]) -> dict:
     und = [r for r in records if r["family"] == "understanding"]
     if und:
         out["understanding"] = aggregate([(r["_sample"], r) for r in und]).get("understanding", {})
+    fails = failure_counts(records)
+    if fails:
+        out["failures"] = fails
+    return out
+
+
+def failure_counts(records: list[dict]) -> dict:
+    """{"think_off": {"composition/position": {"binding": 31, ...}, ...}, ...}: how the failed images failed
+    (``scoring.failure_mode``), per think mode and family/category; records without a ``failure`` are skipped."""
+    out: dict = {}
+    for r in records:
+        if r.get("failure"):
+            per = out.setdefault(f"think_{r['think']}", {}).setdefault(f"{r['family']}/{r['category']}", {})
+            per[r["failure"]] = per.get(r["failure"], 0) + 1
     return out
 
 
@@ -169,6 +187,15 @@ def markdown(summary: dict, meta: dict) -> str:
             lines.append(f"| understanding | {c} | {v:.3f} | (chat) | {u.get('distinct_prompts', {}).get(c, '-')} |")
         n_und = sum(u.get("distinct_prompts", {}).values()) or "-"
         lines.append(f"| understanding | **overall** | {u['overall']:.3f} | (chat) | {n_und} |")
+    fails = summary.get("failures", {})
+    if fails:
+        lines += ["", "How the failed images failed (`scoring.failure_mode`; counts of images):", "",
+                  "| think | family/category | " + " | ".join(FAILURE_MODES) + " |",
+                  "| --- | --- | " + " | ".join("---" for _ in FAILURE_MODES) + " |"]
+        for mode, per in fails.items():
+            for fc, counts in sorted(per.items()):
+                lines.append(f"| {mode[6:]} | {fc} | " + " | ".join(str(counts.get(m, 0)) for m in FAILURE_MODES)
+                             + " |")
     aa = on.get("answer_accuracy")
     if aa:
         lines += ["", "MLLM answer accuracy with think on (the instruction written after `</think>`, scored as text):",

@@ -255,6 +255,54 @@ def score(sample: Sample, image) -> dict:
     return out
 
 
+FAILURE_MODES = ("binding", "missing", "count", "colour", "size", "relation", "text", "extra", "edit")
+
+
+def failure_mode(sample: Sample, scene: Scene, result: dict) -> str | None:
+    """What went wrong in a scored image, as one word (None when ``result`` is correct). First match wins:
+
+    ``binding``  a request for two or more kinds where a named kind is missing while another named kind appears more
+                 often than asked (the painter drew kind B in kind A's place: "a circle right of a diamond" -> two
+                 diamonds); ``missing`` a named kind absent; ``count`` a kind present in the wrong number;
+                 ``colour`` / ``size`` the kinds right, an attribute wrong; ``relation`` the groups right, their
+                 placement wrong; ``text`` only the sign wrong; ``extra`` only unrequested objects (strict rules);
+                 ``edit`` an editing target missed (editing is not broken down further).
+    A reading aid for evaluation records (``thinkgen eval nano`` stores it per image), not a benchmark rule.
+    """
+    if result["correct"]:
+        return None
+    target = sample.target
+    if isinstance(target, EditTarget):
+        return "edit"
+    if not isinstance(target, SceneSpec):
+        raise InvalidInputError(f"sample of family {sample.family!r} has no image target")
+    want: dict[str, int] = defaultdict(int)
+    for g in target.groups:
+        want[g.kind] += g.count
+    got: dict[str, int] = defaultdict(int)
+    for o in scene.objects:
+        got[o.kind] += 1
+    absent = [k for k in want if got[k] == 0]
+    if absent and len(want) > 1 and any(got[k] > want[k] for k in want if k not in absent):
+        return "binding"
+    if absent:
+        return "missing"
+    geneval = sample.family == "composition" and sample.category in GENEVAL_CATEGORIES
+    exact = not geneval or sample.category == "counting"
+    if any(got[k] < n or (exact and got[k] > n) for k, n in want.items()):
+        return "count"
+    for attr in ("colour", "size"):
+        for g in target.groups:
+            if getattr(g, attr) is not None and sum(g.matches(o) for o in scene.objects) < g.count:
+                return attr
+    if target.relation is not None and any("expected " + target.relation == r or r.startswith("position")
+                                           for r in result["details"].get("reasons", [])):
+        return "relation"
+    if scene.text != target.text:
+        return "text"
+    return "extra"
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # text answers
 # --------------------------------------------------------------------------------------------------------------------
@@ -340,4 +388,4 @@ def aggregate(records) -> dict:
 
 
 __all__ = ["score", "score_answer", "check_scene", "caption_to_spec", "spec_equivalent", "geneval_check",
-           "strict_check", "edit_check", "normalise_answer", "aggregate"]
+           "strict_check", "edit_check", "normalise_answer", "aggregate", "failure_mode", "FAILURE_MODES"]
