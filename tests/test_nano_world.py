@@ -281,6 +281,8 @@ def test_failure_mode_names_what_went_wrong():
     assert mode(cnt, *[_obj("star", "red", (r, c)) for r in (0, 1) for c in range(2)]) == "count"   # exact
     col = _composition_sample(_spec("a red circle and a blue square"), "color_attr")
     assert mode(col, _obj("circle", "blue", (1, 0)), _obj("square", "red", (1, 2))) == "colour"
+    big = _composition_sample(_spec("a small red circle"), "colors")
+    assert mode(big, _obj("circle", "red", (1, 1), "large")) == "size"        # the colour is right
     strict = Sample("reasoning", "count_knowledge", "", "", "", _spec("three yellow stars"))
     three = [_obj("star", "yellow", (1, c)) for c in range(3)]
     assert mode(strict, *three, _obj("circle", "red", (0, 0))) == "extra"

@@ -8,8 +8,8 @@ seeds each (image j of a prompt uses seed + j, and the k-th repeat of a prompt -
 held-out specs -- starts at seed + k * seeds; thinking is greedy unless the model's defaults say otherwise), and
 every image is scored by the parser (``scoring.score``) and, when wrong, its failure named (``scoring.failure_mode``:
 binding, missing, count, colour, ...; counted per category in the summary). With think on, the MLLM's answer after
-``</think>`` is also scored as text (``scoring.score_answer``: "answer accuracy"). Understanding: ``pipeline.chat`` on the input scene,
-scored by ``score_answer`` (greedy, seed-independent).
+``</think>`` is also scored as text (``scoring.score_answer``: "answer accuracy"). Understanding: ``pipeline.chat`` on
+the input scene, scored by ``score_answer`` (greedy, seed-independent).
 
 Writes ``results.json`` (atomically; summary + per-image records), ``results.md`` (table) and ``grid.png``
 (per family: input | think off | think on, first prompts, seed 0).

@@ -293,7 +293,9 @@ def failure_mode(sample: Sample, scene: Scene, result: dict) -> str | None:
         return "count"
     for attr in ("colour", "size"):
         for g in target.groups:
-            if getattr(g, attr) is not None and sum(g.matches(o) for o in scene.objects) < g.count:
+            want_attr = getattr(g, attr)
+            if want_attr is not None and sum(o.kind == g.kind and getattr(o, attr) == want_attr
+                                             for o in scene.objects) < g.count:
                 return attr
     if target.relation is not None and any("expected " + target.relation == r or r.startswith("position")
                                            for r in result["details"].get("reasons", [])):
