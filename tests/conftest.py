@@ -42,6 +42,21 @@ def bench_module():
     return load
 
 
+def _await_group_exit(pgid: int, limit: float = 5.0) -> None:
+    """SIGKILL is delivered asynchronously: give the killed group's other members (grandchildren) up to ``limit``
+    seconds to go, so that none is still running when the caller (or the next test) looks. Zombies awaiting their
+    reaper still answer signal 0, hence the bound."""
+    import time
+
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+
+
 def run_bounded(cmd, *, timeout: float, env=None, cwd=None, what: str = "subprocess") -> subprocess.CompletedProcess:
     """Run ``cmd`` in its own process group with a hard wall-clock bound; on expiry kill the whole group and fail.
 
@@ -64,6 +79,7 @@ def run_bounded(cmd, *, timeout: float, env=None, cwd=None, what: str = "subproc
             except ProcessLookupError:
                 pass
             proc.wait()
+            _await_group_exit(proc.pid)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
