@@ -11,6 +11,12 @@ it is among the tied, else to the earliest sample). A benchmark script, not a te
 
     python bench/nano_grpo_signal.py --model thinkgen/assets/nano --family understanding --n 96 --group 6
     python bench/nano_grpo_signal.py --model runs/lazy/model --family reasoning --n 48 --prompt-seed 7
+    python bench/nano_grpo_signal.py --family text --category reasoned --split train --n 40   # any image family
+
+Image families other than reasoning (composition, text, editing, reflection) are answered the same way, editing and
+reflection with their input image; ``--category`` narrows the draw, ``--split train`` asks training prompts (is a
+held-out miss a skill GRPO could sharpen, or an answer the model never samples?), and ``any_right`` is the share of
+prompts with at least one right sample among the G.
 """
 from __future__ import annotations
 
@@ -25,7 +31,10 @@ import torch
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="thinkgen/assets/nano")
-    ap.add_argument("--family", choices=["understanding", "reasoning"], default="understanding")
+    ap.add_argument("--family", choices=["understanding", "reasoning", "composition", "text", "editing", "reflection"],
+                    default="understanding")
+    ap.add_argument("--category", default=None, help="one category of the family (default: all)")
+    ap.add_argument("--split", choices=["heldout", "train"], default="heldout")
     ap.add_argument("--prompt-seed", type=int, default=None, help="held-out draw seed (default: the eval's)")
     ap.add_argument("--n", type=int, default=96)
     ap.add_argument("--group", type=int, default=6)
@@ -38,7 +47,7 @@ def main(argv=None) -> int:
 
     from thinkgen.mllm import split_thoughts
     from thinkgen.nano.evaluate import EVAL_SEED
-    from thinkgen.nano.prompts import generate
+    from thinkgen.nano.prompts import CATEGORIES, generate
     from thinkgen.nano.scoring import score_answer
     from thinkgen.pipeline import ThinkGenPipeline
 
@@ -47,14 +56,17 @@ def main(argv=None) -> int:
     m, G = pipe.mllm, args.group
     und = args.family == "understanding"
     seed = EVAL_SEED if args.prompt_seed is None else args.prompt_seed
-    qs = generate(args.family, args.n, seed=seed, split="heldout")
+    if args.category is not None and args.category not in CATEGORIES[args.family]:
+        ap.error(f"--category {args.category!r} is not a {args.family} category; use one of {CATEGORIES[args.family]}")
+    qs = generate(args.family, args.n, seed=seed, split=args.split,
+                  categories=None if args.category is None else (args.category,))
     mode, answer_tokens = ("chat", 16) if und else ("think", 48)
 
     def ask(s):
         return s.question if und else s.prompt
 
     def images(s):
-        return [s.input_image()] if und else []
+        return [s.input_image()] if und or s.input_scene is not None else []
 
     greedy, greedy_text, agree, checked = [], [], 0, 0
     for i in range(0, len(qs), 16):
@@ -84,11 +96,13 @@ def main(argv=None) -> int:
         top = [a for a in counts if counts[a] == max(counts.values())]
         pick = greedy_text[q] if greedy_text[q] in top else top[0]
         return bool(score_answer(qs[q], pick)["correct"])
-    res = {"model": args.model, "family": args.family, "prompt_seed": seed, "n": len(qs), "group": G,
+    res = {"model": args.model, "family": args.family, "category": args.category, "split": args.split,
+           "prompt_seed": seed, "n": len(qs), "group": G,
            "temperature": args.temperature, "greedy": sum(greedy) / len(qs),
            "greedy_equals_chat": f"{agree}/{checked}" if und else "n/a",
            "sampled": sum(sampled) / len(sampled),
            "mixed_groups": sum(0 < sum(g) < G for g in groups) / len(qs),
+           "any_right": sum(any(g) for g in groups) / len(qs),
            "vote": sum(vote(q, False) for q in range(len(qs))) / len(qs),
            "vote_with_greedy": sum(vote(q, True) for q in range(len(qs))) / len(qs)}
     print(json.dumps(res))
