@@ -10,7 +10,7 @@
 # Parts: (1) SepGRPO on CUDA under torchrun, NCCL, DDP and FSDP2 (1 process: one GPU is lent; the collectives,
 # wrappers and checkpoints are those of N processes); (2) pipeline timings of the shipped nano model, batch 1 and 16;
 # (3) the full geometry with random weights (Qwen3-VL-8B-shaped MLLM + 3.98B DiT + FLUX-shaped VAE, bf16, 1024 px,
-# 50 steps): batch 1, batch 4, batch 1 with model CPU offload; (4) the from-scratch nano recipe on CUDA while time
+# 50 steps): batch 1, batch 1 with the DiT blocks compiled, batch 4, batch 1 with model CPU offload; (4) the from-scratch nano recipe on CUDA while time
 # lasts (how far it gets, stage by stage).
 set -u
 OUT=${1:?usage: bash bench/gpu_session.sh OUTDIR}
@@ -45,6 +45,8 @@ want nano_b1 && part nano_b1 60 python3 bench/bench_pipeline.py --device cuda --
 want nano_b16 && part nano_b16 60 python3 bench/bench_pipeline.py --device cuda --batch 16 --out "$W" --tag nano-cuda-b16
 want full_b1 && part full_b1 150 python3 bench/bench_pipeline.py --random-weights full --device cuda --dtype bfloat16 --batch 1 \
   --iters 3 --out "$W" --tag full-random-cuda-b1
+want full_b1_compile && part full_b1_compile 180 python3 bench/bench_pipeline.py --random-weights full --device cuda \
+  --dtype bfloat16 --batch 1 --iters 3 --compile --out "$W" --tag full-random-cuda-b1-compile
 want full_b4 && part full_b4 150 python3 bench/bench_pipeline.py --random-weights full --device cuda --dtype bfloat16 --batch 4 \
   --iters 1 --out "$W" --tag full-random-cuda-b4
 want full_offload && part full_offload 120 python3 bench/bench_pipeline.py --random-weights full --device cuda --dtype bfloat16 --batch 1 \

@@ -272,6 +272,16 @@ class ThinkGenPipeline:
         self._offload_device = torch.device(device)
         return self
 
+    def compile(self, **compile_kwargs) -> "ThinkGenPipeline":
+        """``torch.compile`` the DiT's transformer blocks (``ThinkGenTransformer2DModel.compile_blocks``).
+
+        Worth it for many images per process (batches, evaluation, serving): the first image pays a one-off compile
+        (about a minute for the nano model on a 2-core CPU), later ones sample faster. Outputs match eager to float
+        rounding. The MLLM and the VAE stay eager.
+        """
+        self.transformer.compile_blocks(**compile_kwargs)
+        return self
+
     @contextlib.contextmanager
     def _on_device(self, component):
         dev = getattr(self, "_offload_device", None)

@@ -33,7 +33,7 @@ DEVICES = ("auto", "cpu", "cuda")
 THINK_MODES = ("off", "on")
 # Fields that may differ between a run and its resume without changing the maths.
 RESUME_SAFE_FIELDS = frozenset({"resume", "allow_config_change", "log_every", "save_every", "keep_last",
-                                "output_dir", "device", "eval_images", "progress"})
+                                "output_dir", "device", "eval_images", "progress", "compile"})
 
 
 def _check_int(name: str, value: Any, lo: int) -> None:
@@ -339,6 +339,8 @@ class SepGRPOConfig:
     dtype: str = "float32"                  # weights dtype: "float32", or "bfloat16" (pure bf16 training, no fp32
     #                                         master copy; SDE / log-prob maths stay fp32)
     parallel: str = "none"                  # "none", "ddp" (both models replicated), "fsdp2" (both sharded)
+    compile: bool = False                   # torch.compile the DiT's transformer blocks (rollouts, updates and
+    #                                         evaluation; a one-off compile of ~1 min, then faster steps)
     progress: bool = True                   # tqdm bars on rank 0
     # --- logging / checkpoints
     log_every: int = 1                      # scalars every N steps

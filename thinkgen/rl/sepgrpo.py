@@ -636,6 +636,11 @@ def build_run(cfg: SepGRPOConfig) -> Run:
     # --- models: the starting pipeline; trained modules get LoRA / requires_grad, a reference, an optimiser
     pipe = ThinkGenPipeline.from_pretrained(cfg.model_dir, device=dist.device, dtype=cfg.dtype)
     phases = {name: _setup_phase(name, cfg, pipe, dist) for name in PHASES if name in cfg.schedule}
+    if cfg.compile:   # after LoRA injection and sharding, so the compiled blocks see the final modules
+        pipe.transformer.compile_blocks()
+        ref = phases["dit"].reference if "dit" in phases else None
+        if ref is not None and ref.copy is not None:
+            ref.copy.compile_blocks()
     # --- prompts and rewards
     train_items, eval_items = _prompt_sets(cfg)
     mixtures = {name: PromptMixture(train_items, cfg.mixture_weights(name)) for name in phases}

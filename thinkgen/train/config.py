@@ -32,7 +32,8 @@ DEVICES = ("auto", "cpu", "cuda")
 
 # Fields that may differ between a run and its resume without changing the maths.
 RESUME_SAFE_FIELDS = frozenset(
-    {"resume", "allow_config_change", "log_every", "save_every", "keep_last", "sample_every", "output_dir", "device"}
+    {"resume", "allow_config_change", "log_every", "save_every", "keep_last", "sample_every", "output_dir", "device",
+     "compile"}
 )
 
 
@@ -210,6 +211,8 @@ class DiTTrainConfig(TrainConfigBase):
     sample_guidance: float = 4.0            # text guidance of the sample grid
     sample_prompts: list[str] = field(default_factory=list)  # prompts of the grid ([] = the first batch's)
     export_full_model: bool = True          # final/ also gets copies of mllm/, processor/, vae/, scheduler/ from model_dir
+    compile: bool = False                   # torch.compile the DiT's transformer blocks (a one-off compile, then
+    #                                         faster forwards; the backward's matmuls gain little on CPU)
 
     def __post_init__(self):
         super().__post_init__()

@@ -263,6 +263,8 @@ def train_dit(cfg: DiTTrainConfig, *, sample_prompts: list[str] | None = None) -
 
     # -- parallel wrap, optimizer, EMA
     model = parallel.wrap_model(dit, cfg.parallel, device, keep_in_root=["ref_image_refiner"])
+    if cfg.compile:   # after LoRA and sharding: the compiled blocks see the final modules
+        dit.compile_blocks()
     named = dict(parallel.unwrap(model).named_parameters())
     trainable = [(n, named[n]) for n in trainable_names]
     optimizer, scheduler = make_optimizer([p for _, p in trainable], cfg)
