@@ -510,6 +510,26 @@ def test_resume_refuses_changed_config(tiny_ckpt, prompts_file, tmp_path):
         close_run(run)
 
 
+def test_compile_is_resume_safe_and_compiles_the_dit_blocks(tiny_ckpt, prompts_file, tmp_path):
+    """``compile: true`` changes speed, not maths: a run may resume with it toggled, and the DiT blocks are compiled
+    (lazily: nothing compiles until the first call); the checkpoint keeps the eager parameter names."""
+    from thinkgen.rl.sepgrpo import build_run, close_run, save_checkpoint
+
+    run = build_run(tiny_cfg(tiny_ckpt, tmp_path / "out", prompts_file, schedule=["dit"]))
+    run.pos.global_step = 1
+    save_checkpoint(run)
+    names = list(run.pipe.transformer.state_dict())
+    close_run(run)
+    run = build_run(tiny_cfg(tiny_ckpt, tmp_path / "out", prompts_file, schedule=["dit"], compile=True))
+    try:
+        assert run.resumed and run.pos.global_step == 1
+        dit = run.pipe.transformer
+        assert dit._blocks_compiled and all(blk._compiled_call_impl is not None for blk in dit.layers)
+        assert list(dit.state_dict()) == names
+    finally:
+        close_run(run)
+
+
 def test_resume_from_a_checkpoint_older_than_a_config_field(tiny_ckpt, prompts_file, tmp_path, monkeypatch):
     """A field added to thinkgen after the checkpoint was written (here dit.detach_uncond, left out of the saved
     config) is unchanged at its default and a change when set otherwise."""
