@@ -24,13 +24,16 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
 @pytest.mark.skipif(not TORCHRUN.is_file() and shutil.which("torchrun") is None, reason="torchrun not installed")
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-def test_two_process_run(tiny_ckpt, tmp_path, strategy, bounded):
+@pytest.mark.parametrize("strategy, compile_", [
+    ("ddp", False), ("fsdp2", False),
+    # the DiT blocks compiled inside the DDP / FSDP2 wrappers (inductor on each rank: minutes on a cold cache)
+    pytest.param("ddp", True, marks=pytest.mark.slow), pytest.param("fsdp2", True, marks=pytest.mark.slow)])
+def test_two_process_run(tiny_ckpt, tmp_path, strategy, compile_, bounded):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(r) + "\n" for r in PROMPTS))
     out = tmp_path / "out"
     values = tiny_values(tiny_ckpt, out, prompts, parallel=strategy, reward_modules=["test_sepgrpo"],
-                         eval_prompts=str(prompts), eval_steps=2, eval_resolution=32, eval_before=False,
+                         eval_prompts=str(prompts), eval_steps=2, eval_resolution=32, eval_before=False, compile=compile_,
                          mllm={"prompts_per_step": 1, "anchor_weight": 1.0, "anchor_prompts_per_step": 2},
                          dit={"lora": strategy == "ddp", "lora_rank": 4, "lora_alpha": 8.0, "anchor_weight": 1.0,
                               "anchor_prompts_per_step": 2})
@@ -41,7 +44,7 @@ def test_two_process_run(tiny_ckpt, tmp_path, strategy, bounded):
     env.pop("THINKGEN_FAULT", None)
     cmd = [str(TORCHRUN) if TORCHRUN.is_file() else "torchrun", "--standalone", "--nproc_per_node", "2",
            "-m", "thinkgen.rl.sepgrpo", "--config", str(cfg)]
-    proc = bounded(cmd, env=env, timeout=300, cwd=str(tmp_path), what="2-process run")
+    proc = bounded(cmd, env=env, timeout=1200 if compile_ else 300, cwd=str(tmp_path), what="2-process run")
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
 
     lines = [json.loads(l) for l in (out / "logs" / "metrics.jsonl").read_text().splitlines() if l.strip()]

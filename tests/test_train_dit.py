@@ -256,6 +256,18 @@ def test_gradient_checkpointing_gives_identical_weights(assets, tmp_path):
     assert sha(a / "transformer" / W) == sha(b / "transformer" / W)
 
 
+@pytest.mark.slow   # inductor compiles the tiny DiT's blocks: about two minutes on a cold cache
+def test_compile_trains_to_the_same_weights_within_rounding(assets, tmp_path):
+    from safetensors.torch import load_file
+
+    a = train_dit(cfg_for(assets, tmp_path / "a", max_steps=2, save_every=0))
+    b = train_dit(cfg_for(assets, tmp_path / "b", max_steps=2, save_every=0, compile=True))
+    wa, wb = load_file(str(a / "transformer" / W)), load_file(str(b / "transformer" / W))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-5)
+
+
 def test_merged_lora_state_reproduces_the_adapted_model(assets):
     from types import SimpleNamespace
 

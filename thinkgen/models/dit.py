@@ -531,9 +531,10 @@ class ThinkGenTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         Only the blocks are compiled: the packing around them (variable text lengths, reference images) is Python
         that would break a whole-model graph. ``nn.Module.compile`` keeps parameter names, so state dicts,
         checkpoints and LoRA adapters are unaffected (the trainers inject LoRA and wrap for DDP / FSDP2 first, then
-        compile; compile under DDP / FSDP2 is not yet covered by a test). Shapes are dynamic (batch and sequence length vary between calls); the first calls of each kind (grad on / off,
-        with / without a key mask, modulated / refiner block) compile, about half a minute each on a small CPU.
-        Numerics match eager to float rounding. Call once; ``compile_kwargs`` go to ``torch.compile``.
+        compile; the slow variants of tests/test_sepgrpo_dist.py run that with 2 CPU processes). Shapes are dynamic (batch and sequence
+        length vary between calls); the first calls of each kind (grad on / off, with / without a key mask,
+        modulated / refiner block) compile, about half a minute each on a small CPU. Numerics match eager to float
+        rounding. Later calls are no-ops; ``compile_kwargs`` go to ``torch.compile``.
         """
         if getattr(self, "_blocks_compiled", False):
             return self
