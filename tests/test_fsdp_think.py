@@ -62,9 +62,9 @@ def test_sharded_mllm_thinks_like_unsharded(tiny_ckpt, tmp_path, bounded):
     proc = bounded(cmd, env=env, timeout=240, cwd=str(tmp_path), what="2-process think (unsynced decoding?)")
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    for r in ranks:
-        assert r["synced"] == [False, True]
-        assert r["same_tokens"] and r["think_mask_equal"]
-        assert r["think_diff"] < 1e-5 and r["nothink_diff"] < 1e-5
+    for r in ranks:   # the messages carry both ranks' results: a rare failure must say which check it was
+        assert r["synced"] == [False, True], ranks
+        assert r["same_tokens"] and r["think_mask_equal"], ranks
+        assert r["think_diff"] < 1e-5 and r["nothink_diff"] < 1e-5, ranks
     # the ranks really decoded different lengths (rank 0 stopped first)
-    assert max(ranks[0]["lengths"]) < max(ranks[1]["lengths"])
+    assert max(ranks[0]["lengths"]) < max(ranks[1]["lengths"]), ranks
