@@ -14,10 +14,8 @@ Writes JSON (machine, versions, date, command, per-step times) to bench/results/
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -25,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+from provenance import provenance   # bench/provenance.py
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,7 +55,7 @@ def run_variant(args, compile_: bool, out_dir: Path) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, help="pipeline folder (default: the config's model_dir or the shipped nano)")
+    ap.add_argument("--model", default=None, help="pipeline folder (default: the shipped nano model)")
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "sepgrpo_nano_proof13.yaml")
     ap.add_argument("--steps", type=int, default=6, help="DiT steps per run")
     ap.add_argument("--warm", type=int, default=2, help="steps excluded from the steady-state median")
@@ -82,11 +80,8 @@ def main(argv=None) -> int:
             res.append(r)
     eager, comp = res
     meta = {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
-        "machine": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "python": platform.python_version(), "torch": torch.__version__, "model": args.model,
+        **provenance(argv), "cpu_count": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "model": args.model,
         "config": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config),
         "steps": args.steps, "warm": args.warm, "seed": args.seed,
         "inductor_cache": "default (may be warm)" if args.warm_cache else "fresh",
