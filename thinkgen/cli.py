@@ -23,6 +23,13 @@ EPILOG_EDIT = """examples:
   thinkgen edit a.png b.png "put the object of the first image into the second" --think --out outputs/
 """
 
+EPILOG_SERVE = """examples:
+  thinkgen serve                                  # ThinkGen-Nano on 127.0.0.1:8000, UI at http://127.0.0.1:8000/ui
+  thinkgen serve --model JSYuuu/ThinkGen --host 0.0.0.0 --max-batch-images 16 --compile
+  curl -s localhost:8000/v1/images/generations -H 'content-type: application/json' \\
+       -d '{"prompt": "two red circles left of a blue square", "think": "on", "n": 2, "seed": 0}'
+"""
+
 
 def _slug(text: str, n: int = 40) -> str:
     s = re.sub(r"[^A-Za-z0-9]+", "-", text.strip().lower()).strip("-")
@@ -179,6 +186,21 @@ def cmd_chat(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .server import require_serve_extra, serve
+
+    require_serve_extra(ui=not args.no_ui)      # before loading the model
+    if not 1 <= args.port <= 65535:
+        raise InvalidInputError(f"--port must be in [1, 65535], got {args.port}")
+    if not args.max_request_mb > 0:
+        raise InvalidInputError(f"--max-request-mb must be > 0, got {args.max_request_mb}")
+    pipe = _load(args)
+    serve(pipe, host=args.host, port=args.port, model_name=args.served_name, max_batch_images=args.max_batch_images,
+          max_wait_s=args.batch_wait_ms / 1000.0, max_queue=args.max_queue,
+          max_request_bytes=int(args.max_request_mb * 1024 * 1024), ui=not args.no_ui)
+    return 0
+
+
 def cmd_info(args) -> int:
     import torch
 
@@ -261,6 +283,23 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-new-tokens", type=int, default=512)
     _add_model_args(c)
     c.set_defaults(func=cmd_chat)
+
+    s = sub.add_parser("serve", help="HTTP server: OpenAI-compatible image and chat API with batching, and a web UI",
+                       epilog=EPILOG_SERVE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_model_args(s)
+    s.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (pays off on a long-lived server)")
+    s.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--served-name", default=None, help="the model id clients send and /v1/models lists "
+                                                       "(default: the checkpoint's name)")
+    s.add_argument("--max-batch-images", type=int, default=8,
+                   help="most images one merged pipeline call renders (1: no batching)")
+    s.add_argument("--batch-wait-ms", type=float, default=10.0,
+                   help="how long the oldest queued request waits for compatible ones to merge with")
+    s.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond this get HTTP 503")
+    s.add_argument("--max-request-mb", type=float, default=32.0, help="largest request body accepted (HTTP 413 above)")
+    s.add_argument("--no-ui", action="store_true", help="API only: no Gradio UI at /ui (no gradio needed)")
+    s.set_defaults(func=cmd_serve)
 
     i = sub.add_parser("info", help="show a checkpoint's components, configs and sizes")
     i.add_argument("--model", default=None, help="checkpoint folder or hub id (default: ThinkGen-Nano)")
