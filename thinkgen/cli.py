@@ -249,10 +249,8 @@ def cmd_eval(args, rest) -> int:
     if args.what == "nano":
         from .nano.evaluate import main as eval_main
         return eval_main(rest)
-    raise InvalidInputError(
-        f"unknown evaluation {args.what!r}; available: nano (the shape-world benchmark of ThinkGen-Nano). "
-        "Harnesses for GenEval, DPG-Bench, WISE, RISEBench, ImgEdit, GEdit and CVTG are not implemented yet."
-    )
+    from .evals import main as bench_main
+    return bench_main([args.what, *rest])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -310,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("what", choices=["dit", "mllm", "sepgrpo", "nano"])
     t.set_defaults(func=cmd_train, passthrough=True)
 
-    v = sub.add_parser("eval", help="evaluate: nano (shape world) or a benchmark", add_help=False)
+    v = sub.add_parser("eval", help="evaluate: nano (shape world), or geneval | dpg | cvtg | wise (generate, score)",
+                       add_help=False)
     v.add_argument("what")
     v.set_defaults(func=cmd_eval, passthrough=True)
     return p

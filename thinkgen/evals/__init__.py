@@ -1,0 +1,173 @@
+"""Benchmark harness: ``thinkgen eval <benchmark> generate|score``.
+
+Every benchmark has two steps, so that generation (the model, a GPU) and scoring (detectors, OCR, judges) can run
+on different machines and be redone separately:
+
+    thinkgen eval geneval generate --model M --out runs/geneval                    # images in the official layout
+    thinkgen eval geneval score --images runs/geneval --detector DIR --clip DIR     # results.json + results.md
+
+Benchmarks: geneval, dpg, cvtg, wise (see each module's docstring for the data, the rules and how close the local
+observers are to the official ones). RISEBench, ImgEdit and GEdit are not implemented yet.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import InvalidInputError
+
+BENCHMARKS = ("geneval", "dpg", "cvtg", "wise")
+NOT_YET = ("risebench", "imgedit", "gedit")
+DEFAULT_IMAGES = {"geneval": 4, "dpg": 4, "cvtg": 1, "wise": 1}
+TITLES = {"geneval": "GenEval", "dpg": "DPG-Bench", "cvtg": "CVTG-2K", "wise": "WISE"}
+
+
+def _parser(bench: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"thinkgen eval {bench}", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="step", required=True)
+    g = sub.add_parser("generate", help="render the benchmark's prompts into its official folder layout")
+    g.add_argument("--out", type=Path, required=True, help="image folder (resumable: finished prompts are skipped)")
+    g.add_argument("--model", default=None, help="checkpoint folder or hub id (default: the shipped nano)")
+    g.add_argument("--device", default=None)
+    g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    g.add_argument("--cpu-offload", action="store_true")
+    g.add_argument("--compile", action="store_true")
+    g.add_argument("--think", default="off", choices=["off", "on", "auto"])
+    g.add_argument("--images-per-prompt", type=int, default=DEFAULT_IMAGES[bench])
+    g.add_argument("--seed", type=int, default=0, help="item i's images use seeds seed + i*n ... seed + i*n + n-1")
+    g.add_argument("--batch-size", type=int, default=4, help="prompts per pipeline call")
+    g.add_argument("--steps", type=int, default=None)
+    g.add_argument("--height", type=int, default=None)
+    g.add_argument("--width", type=int, default=None)
+    g.add_argument("--text-guidance", type=float, default=None)
+    g.add_argument("--limit", type=int, default=None, help="only the first N prompts (a smoke run)")
+    s = sub.add_parser("score", help="score a folder of generated images")
+    s.add_argument("--images", type=Path, required=True, help="the folder `generate` wrote")
+    s.add_argument("--out", type=Path, default=None, help="where results.json / results.md go (default: --images)")
+    s.add_argument("--device", default="cpu")
+    for q in (g, s):
+        if bench == "geneval":
+            q.add_argument("--data", default=None, help="evaluation_metadata.jsonl (default: the bundled copy)")
+        elif bench == "cvtg":
+            q.add_argument("--data", required=True, help="the CVTG-2K folder (CVTG/, CVTG-Style/)")
+        elif bench == "wise":
+            q.add_argument("--data", required=True, help="WISE_legacy/data (the three category JSON files)")
+    if bench == "dpg":
+        g.add_argument("--prompts", required=True, help="DPG-Bench's prompts/ folder")
+        s.add_argument("--csv", required=True, help="DPG-Bench's dpg_bench.csv")
+        s.add_argument("--no-parity", action="store_true",
+                       help="keep the CSV's first row and average categories over all crops (the official script "
+                            "skips that row and uses the last crop)")
+    if bench == "geneval":
+        s.add_argument("--detector", required=True, help="local transformers detector (Mask2Former or DETR-like)")
+        s.add_argument("--clip", required=True, help="local CLIP for the colour classifier (official: ViT-L/14)")
+    if bench == "cvtg":
+        s.add_argument("--clip", default=None, help="local CLIP for CLIPScore (optional)")
+    if bench in ("dpg", "wise"):
+        s.add_argument("--judge-url", required=True, help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
+        s.add_argument("--judge-model", required=True, help="the model name the endpoint serves")
+        s.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    return p
+
+
+def _generate(bench: str, args, argv) -> int:
+    from ..cli import _load
+    from .common import GenSettingsCLI, generate_items, run_meta
+
+    if args.limit is not None and args.limit < 1:
+        raise InvalidInputError(f"--limit must be >= 1, got {args.limit}")
+    s = GenSettingsCLI(think=args.think, images_per_prompt=args.images_per_prompt, seed=args.seed,
+                       batch_size=args.batch_size, height=args.height, width=args.width,
+                       num_inference_steps=args.steps, text_guidance_scale=args.text_guidance)
+    if bench == "geneval":
+        from .geneval import items
+        todo = items(args.out, s.images_per_prompt, args.data, args.limit)
+    elif bench == "dpg":
+        from .dpg import items
+        todo = items(args.out, args.prompts, args.limit, s.images_per_prompt)
+    elif bench == "cvtg":
+        from .cvtg import items
+        todo = items(args.out, args.data, args.limit, s.images_per_prompt)
+    else:
+        from .wise import items
+        todo = items(args.out, args.data, args.limit, s.images_per_prompt)
+    pipe = _load(args)
+    counts = generate_items(pipe, todo, args.out, s, meta={**run_meta(argv), "benchmark": bench})
+    print(json.dumps(counts))
+    return 0
+
+
+def _judge(args):
+    from ..rl.rewards import OpenAIChatBackend
+
+    return OpenAIChatBackend(args.judge_url, args.judge_model, api_key_env=args.judge_key_env, max_tokens=2000,
+                             temperature=0.0)
+
+
+def _score(bench: str, args, argv) -> int:
+    from .common import run_meta, write_results
+
+    if not args.images.is_dir():
+        raise InvalidInputError(f"--images {args.images} is not a folder; point it at what `generate` wrote")
+    meta = {**run_meta(argv), "benchmark": bench, "images": str(args.images)}
+    gen = args.images / "thinkgen_generation.json"
+    if gen.is_file():
+        g = json.loads(gen.read_text())
+        meta["generation"] = {k: g.get(k) for k in ("model", "settings", "command", "date_utc")}
+    if bench == "geneval":
+        from .geneval import ClipColourClassifier, TransformersDetector, score_folder, summarise
+
+        det = TransformersDetector(args.detector, args.device)
+        colour = ClipColourClassifier(args.clip, args.device)
+        meta.update(detector=det.name, colour_clip=colour.name,
+                    note="official detector: mmdet Mask2Former Swin-S; official colour CLIP: OpenAI ViT-L/14")
+        records = score_folder(args.images, det, colour)
+        summary = summarise(records)
+        table = [(f"tag {t}", v) for t, v in summary["tags"].items()] + [("overall (mean of tags)", summary["overall"])]
+    elif bench == "cvtg":
+        from .cvtg import score_folder, summarise
+
+        records, missing = score_folder(args.images, args.data, clip_dir=args.clip)
+        meta.update(ocr="rapidocr (PP-OCR on onnxruntime); official: PaddleOCR en", clip=args.clip)
+        summary = summarise(records, missing)
+        table = [(f"{k} word accuracy", v["word_accuracy"]) for k, v in summary["subsets"].items()]
+        table += [("word accuracy (micro)", summary["overall"]["word_accuracy"]), ("NED", summary["overall"]["ned"])]
+        if "clip_score" in summary["overall"]:
+            table.append(("CLIPScore", summary["overall"]["clip_score"]))
+    elif bench == "dpg":
+        from .dpg import load_questions, score_folder, summarise
+
+        parity = not args.no_parity
+        questions = load_questions(args.csv, parity=parity)
+        judge = _judge(args)
+        records, missing, failed = score_folder(args.images, questions, judge, parity=parity)
+        meta.update(vqa=f"{args.judge_model} at {args.judge_url}", parity=parity, note="official VQA: mPLUG-large")
+        summary = summarise(records, missing, failed)
+        table = [(f"L1 {k}", v) for k, v in summary["l1"].items()] + [("DPG-Bench", summary["dpg_score"])]
+    else:
+        from .wise import score_folder, summarise
+
+        records, missing, unparsed = score_folder(args.images, args.data, _judge(args))
+        meta.update(judge=f"{args.judge_model} at {args.judge_url}", judge_prompt="thinkgen.evals.wise.JUDGE_PROMPT",
+                    note="official judge: GPT-4o-2024-05-13 with the authors' rubric")
+        summary = summarise(records, missing, unparsed)
+        table = [(k, v) for k, v in summary["categories"].items() if v is not None]
+        table.append(("overall" if summary["complete"] else "overall (incomplete: mean of scored)",
+                      summary["overall"] if summary["complete"] else summary["mean_of_scored"]))
+    out = args.out or args.images
+    write_results(out, {"meta": meta, "summary": summary, "records": records}, table, f"{TITLES[bench]} results")
+    print(json.dumps(summary, indent=1, default=str)[:4000])
+    print(f"wrote {Path(out) / 'results.json'}")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in BENCHMARKS:
+        what = argv[0] if argv else None
+        extra = f"; {', '.join(NOT_YET)} are not implemented yet" if what in NOT_YET else ""
+        raise InvalidInputError(f"unknown benchmark {what!r}{extra}; available: nano, {', '.join(BENCHMARKS)}")
+    bench, rest = argv[0], argv[1:]
+    args = _parser(bench).parse_args(rest)
+    return _generate(bench, args, argv) if args.step == "generate" else _score(bench, args, argv)
