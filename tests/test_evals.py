@@ -264,12 +264,25 @@ def test_wise_categories_wiscore_and_overall():
 
 
 class _Judge(http.server.BaseHTTPRequestHandler):
-    """An OpenAI-compatible judge endpoint that always gives the same scores."""
+    """An OpenAI-compatible judge endpoint with fixed replies per benchmark; it records how many images it saw."""
+
+    seen: list = []
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        assert body["messages"][0]["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
-        reply = "Consistency: 2\nRealism: 1\nAesthetic Quality: 2"
+        parts = body["messages"][0]["content"]
+        images = [p for p in parts if p["type"] == "image_url"]
+        assert images and all(p["image_url"]["url"].startswith("data:image/png;base64,") for p in images)
+        text = parts[-1]["text"]
+        _Judge.seen.append(len(images))
+        if "RUBRIC" in text:                                   # ImgEdit: the rubric from prompts.json
+            reply = "Brief reasoning: fine\nPrompt Compliance: 4\nVisual Seamlessness: 5\nPhysical Fidelity: 4"
+        elif "over-editing" in text:                           # GEdit semantic consistency
+            reply = '||V^=^V||{"score": [6, 9], "reasoning": "ok"}||V^=^V||'
+        elif "naturalness" in text:                            # GEdit perceptual quality
+            reply = "[8, 4]"
+        else:                                                  # WISE
+            reply = "Consistency: 2\nRealism: 1\nAesthetic Quality: 2"
         data = json.dumps({"choices": [{"message": {"content": reply}}]}).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
@@ -305,7 +318,7 @@ def test_wise_generate_then_score_through_an_http_judge(tmp_path, capsys):
 
 
 def test_bad_benchmark_inputs_are_refused(tmp_path, capsys):
-    assert cli(["eval", "imgedit"]) == 2
+    assert cli(["eval", "risebench"]) == 2
     assert "not implemented yet" in capsys.readouterr().err
     assert cli(["eval", "cvtg", "generate", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "has none of CVTG/<n>.json" in capsys.readouterr().err
@@ -325,3 +338,83 @@ def test_dpg_generate_tiles_four_images(tmp_path, capsys):
     assert grid.size == (128, 128)                     # 2 x 2 nano images of 64 px
     log = json.loads((out / "thinkgen_generation.jsonl").read_text())
     assert log["seeds"] == [0, 1, 2, 3]
+
+
+@pytest.fixture
+def judge_url():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Judge.seen = []
+    yield f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+
+
+def _sources(root, n=2):
+    root.mkdir(parents=True)
+    for i in range(n):
+        _img(64, 64, (200, 30 * i, 30)).save(root / f"src{i}.png")
+
+
+def test_imgedit_parse_and_type_means():
+    from thinkgen.evals import imgedit
+
+    assert imgedit.parse_reply("Brief reasoning: ok: fine\nPrompt Compliance: 4\nQuality: 5 \nX: 4/5") == [4, 5]
+    recs = [{"edit_type": "add", "score": 4.33}, {"edit_type": "add", "score": 3.0}, {"edit_type": "remove", "score": 5.0}]
+    s = imgedit.summarise(recs, [], [])
+    assert s["types"] == {"add": 3.67, "remove": 5.0} and s["overall"] == pytest.approx(4.335)
+
+
+def test_imgedit_generate_then_score_through_an_http_judge(tmp_path, judge_url, capsys):
+    _sources(tmp_path / "Benchmark" / "animal")
+    data = tmp_path / "basic_edit.json"
+    data.write_text(json.dumps({"1": {"id": "animal/src0.png", "prompt": "make the circle green", "edit_type": "adjust"},
+                                "2": {"id": "animal/src1.png", "prompt": "add a blue square", "edit_type": "add"}}))
+    rubric = tmp_path / "prompts.json"
+    rubric.write_text(json.dumps({"adjust": "RUBRIC adjust: <edit_prompt>", "add": "RUBRIC add: <edit_prompt>"}))
+    out = tmp_path / "out"
+    common = ["--data", str(data), "--source-root", str(tmp_path / "Benchmark")]
+    assert cli(["eval", "imgedit", "generate", *common, "--out", str(out), "--steps", "2"]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["1.png", "2.png"]
+    assert cli(["eval", "imgedit", "score", *common, "--images", str(out), "--judge-prompts", str(rubric),
+                "--judge-url", judge_url, "--judge-model", "j"]) == 0
+    s = json.loads((out / "results.json").read_text())["summary"]
+    assert s["types"] == {"add": 4.33, "adjust": 4.33} and s["complete"] and _Judge.seen == [2, 2]
+    with pytest.raises(InvalidInputError, match="missing; check --source-root"):
+        from thinkgen.evals import imgedit
+        imgedit.items(out, data, tmp_path)
+
+
+@pytest.mark.parametrize("reply, want", [
+    ('||V^=^V||{"score": [6, 9]}||V^=^V||', [6.0, 9.0]),
+    ('Sure. {"score": [7, 3], "reasoning": "a {b}"} Hope that helps.', [7.0, 3.0]),
+    ('{"score": [7, 3], "reasoning": "fine"}', [7.0, 3.0]),
+    ("scores: [5, 10]", [5.0, 10.0]),
+    ("8", [8.0]),
+    ("no idea", None),
+])
+def test_gedit_reply_parsing(reply, want):
+    from thinkgen.evals import gedit
+
+    assert gedit.parse_scores(reply) == want
+
+
+def test_gedit_generate_then_score_through_an_http_judge(tmp_path, judge_url, capsys):
+    _sources(tmp_path / "gedit" / "images")
+    manifest = tmp_path / "gedit" / "manifest.jsonl"
+    rows = [{"key": "k0", "task_type": "color_alter", "instruction": "make it green", "instruction_language": "en",
+             "source_image": "images/src0.png", "Intersection_exist": True},
+            {"key": "k0", "task_type": "color_alter", "instruction": "把它变成绿色", "instruction_language": "cn",
+             "source_image": "images/src0.png", "Intersection_exist": True},
+            {"key": "k1", "task_type": "subject-add", "instruction": "add a star", "instruction_language": "en",
+             "source_image": "images/src1.png", "Intersection_exist": False}]
+    manifest.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert cli(["eval", "gedit", "generate", "--data", str(manifest), "--out", str(out), "--steps", "2"]) == 0
+    assert (out / "fullset" / "color_alter" / "cn" / "k0.png").is_file()
+    assert cli(["eval", "gedit", "score", "--data", str(manifest), "--images", str(out), "--judge-url", judge_url,
+                "--judge-model", "j"]) == 0
+    s = json.loads((out / "results.json").read_text())["summary"]
+    en = s["languages"]["en"]
+    assert en["all"]["macro"] == pytest.approx({"sc": 6.0, "pq": 4.0, "o": 24 ** 0.5})
+    assert en["intersection"]["images"] == 1 and s["languages"]["cn"]["all"]["images"] == 1
+    assert sorted(_Judge.seen) == [1, 1, 1, 2, 2, 2]                  # SC sees source + edit, PQ the edit only

@@ -6,8 +6,8 @@ on different machines and be redone separately:
     thinkgen eval geneval generate --model M --out runs/geneval                    # images in the official layout
     thinkgen eval geneval score --images runs/geneval --detector DIR --clip DIR     # results.json + results.md
 
-Benchmarks: geneval, dpg, cvtg, wise (see each module's docstring for the data, the rules and how close the local
-observers are to the official ones). RISEBench, ImgEdit and GEdit are not implemented yet.
+Benchmarks: geneval, dpg, cvtg, wise (text-to-image), imgedit, gedit (editing); see each module's docstring for the
+data, the rules and how close the local observers are to the official ones. RISEBench is not implemented yet.
 """
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ from pathlib import Path
 
 from ..errors import InvalidInputError
 
-BENCHMARKS = ("geneval", "dpg", "cvtg", "wise")
-NOT_YET = ("risebench", "imgedit", "gedit")
-DEFAULT_IMAGES = {"geneval": 4, "dpg": 4, "cvtg": 1, "wise": 1}
-TITLES = {"geneval": "GenEval", "dpg": "DPG-Bench", "cvtg": "CVTG-2K", "wise": "WISE"}
+BENCHMARKS = ("geneval", "dpg", "cvtg", "wise", "imgedit", "gedit")
+NOT_YET = ("risebench",)
+DEFAULT_IMAGES = {"geneval": 4, "dpg": 4, "cvtg": 1, "wise": 1, "imgedit": 1, "gedit": 1}
+TITLES = {"geneval": "GenEval", "dpg": "DPG-Bench", "cvtg": "CVTG-2K", "wise": "WISE", "imgedit": "ImgEdit-Bench",
+          "gedit": "GEdit-Bench"}
 
 
 def _parser(bench: str) -> argparse.ArgumentParser:
@@ -54,6 +55,15 @@ def _parser(bench: str) -> argparse.ArgumentParser:
             q.add_argument("--data", required=True, help="the CVTG-2K folder (CVTG/, CVTG-Style/)")
         elif bench == "wise":
             q.add_argument("--data", required=True, help="WISE_legacy/data (the three category JSON files)")
+        elif bench == "imgedit":
+            q.add_argument("--data", required=True, help="ImgEdit's Benchmark/Basic/basic_edit.json")
+            q.add_argument("--source-root", required=True, help="the folder basic_edit.json's image ids are relative to")
+        elif bench == "gedit":
+            q.add_argument("--data", required=True, help="a GEdit-Bench manifest.jsonl (`thinkgen eval gedit export`)")
+    if bench == "gedit":
+        x = sub.add_parser("export", help="write manifest.jsonl + source images from the Hugging Face dataset")
+        x.add_argument("--out", type=Path, required=True)
+        x.add_argument("--dataset", default="stepfun-ai/GEdit-Bench")
     if bench == "dpg":
         g.add_argument("--prompts", required=True, help="DPG-Bench's prompts/ folder")
         s.add_argument("--csv", required=True, help="DPG-Bench's dpg_bench.csv")
@@ -65,7 +75,9 @@ def _parser(bench: str) -> argparse.ArgumentParser:
         s.add_argument("--clip", required=True, help="local CLIP for the colour classifier (official: ViT-L/14)")
     if bench == "cvtg":
         s.add_argument("--clip", default=None, help="local CLIP for CLIPScore (optional)")
-    if bench in ("dpg", "wise"):
+    if bench == "imgedit":
+        s.add_argument("--judge-prompts", required=True, help="ImgEdit's Benchmark/Basic/prompts.json (the rubric)")
+    if bench in ("dpg", "wise", "imgedit", "gedit"):
         s.add_argument("--judge-url", required=True, help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
         s.add_argument("--judge-model", required=True, help="the model name the endpoint serves")
         s.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
@@ -90,8 +102,14 @@ def _generate(bench: str, args, argv) -> int:
     elif bench == "cvtg":
         from .cvtg import items
         todo = items(args.out, args.data, args.limit, s.images_per_prompt)
-    else:
+    elif bench == "wise":
         from .wise import items
+        todo = items(args.out, args.data, args.limit, s.images_per_prompt)
+    elif bench == "imgedit":
+        from .imgedit import items
+        todo = items(args.out, args.data, args.source_root, args.limit, s.images_per_prompt)
+    else:
+        from .gedit import items
         todo = items(args.out, args.data, args.limit, s.images_per_prompt)
     pipe = _load(args)
     counts = generate_items(pipe, todo, args.out, s, meta={**run_meta(argv), "benchmark": bench})
@@ -146,6 +164,27 @@ def _score(bench: str, args, argv) -> int:
         meta.update(vqa=f"{args.judge_model} at {args.judge_url}", parity=parity, note="official VQA: mPLUG-large")
         summary = summarise(records, missing, failed)
         table = [(f"L1 {k}", v) for k, v in summary["l1"].items()] + [("DPG-Bench", summary["dpg_score"])]
+    elif bench == "imgedit":
+        from .imgedit import score_folder, summarise
+
+        records, missing, unparsed = score_folder(args.images, args.data, args.source_root, args.judge_prompts,
+                                                  _judge(args))
+        meta.update(judge=f"{args.judge_model} at {args.judge_url}", judge_prompts=str(args.judge_prompts),
+                    note="official judge: GPT-4o (later papers: GPT-4.1); open: ImgEdit-Judge")
+        summary = summarise(records, missing, unparsed)
+        table = [(f"type {k}", float(v)) for k, v in summary["types"].items()] + [("overall", summary["overall"])]
+    elif bench == "gedit":
+        from .gedit import score_folder, summarise
+
+        records, missing, unparsed = score_folder(args.images, args.data, _judge(args))
+        meta.update(judge=f"{args.judge_model} at {args.judge_url}", judge_prompts="thinkgen.evals.gedit SC/PQ_PROMPT",
+                    note="official judges: GPT-4.1 or Qwen2.5-VL-72B-Instruct-AWQ")
+        summary = summarise(records, missing, unparsed)
+        table = []
+        for lang, parts in summary["languages"].items():
+            for subset, block in parts.items():
+                if block["macro"]:
+                    table += [(f"{lang} {subset} {m.upper()}", block["macro"][m]) for m in ("sc", "pq", "o")]
     else:
         from .wise import score_folder, summarise
 
@@ -170,4 +209,8 @@ def main(argv: list[str]) -> int:
         raise InvalidInputError(f"unknown benchmark {what!r}{extra}; available: nano, {', '.join(BENCHMARKS)}")
     bench, rest = argv[0], argv[1:]
     args = _parser(bench).parse_args(rest)
+    if args.step == "export":
+        from .gedit import export_manifest
+        print(f"wrote {export_manifest(args.out, args.dataset)}")
+        return 0
     return _generate(bench, args, argv) if args.step == "generate" else _score(bench, args, argv)

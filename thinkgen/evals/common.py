@@ -97,10 +97,7 @@ def generate_items(pipe, items: list[GenItem], out_dir: Path, s: GenSettingsCLI,
     log_path = out_dir / "thinkgen_generation.jsonl"
     indexed = [(i, it) for i, it in enumerate(items) if not it.done()]
     skipped = len(items) - len(indexed)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(indexed), desc="generate", unit="prompt")
+    bar = progress_bar(len(indexed), "generate", "prompt", progress)
     groups: list[list[tuple[int, GenItem]]] = []
     for i, it in indexed:
         if not it.images and groups and not groups[-1][0][1].images and len(groups[-1]) < s.batch_size:
@@ -130,10 +127,8 @@ def generate_items(pipe, items: list[GenItem], out_dir: Path, s: GenSettingsCLI,
                 log.write(json.dumps({"key": it.key, "prompt": it.prompt, "instruction": out.instructions[b],
                                       "thoughts": out.thoughts[b], "finished": out.finished[b],
                                       "seeds": out.seeds[b * n:(b + 1) * n]}) + "\n")
-        if bar:
-            bar.update(len(group))
-    if bar:
-        bar.close()
+        bar.update(len(group))
+    bar.close()
     return {"generated": len(indexed), "skipped": skipped, "seconds": round(time.perf_counter() - t0, 2)}
 
 
@@ -146,6 +141,23 @@ def grid_2x2(images: list[Image.Image]) -> list[Image.Image]:
     for k, img in enumerate(images):
         grid.paste(img, ((k % 2) * w, (k // 2) * h))
     return [grid]
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int, desc: str, unit: str, enabled: bool = True):
+    """A tqdm bar, or one that does nothing when ``enabled`` is False."""
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit)
 
 
 def mean(values) -> float | None:

@@ -27,7 +27,7 @@ from PIL import Image
 
 from ..errors import InvalidInputError
 from ..rl.rewards import _LocalCLIP, _rapidocr_read, _require_model_dir, levenshtein
-from .common import GenItem, mean
+from .common import GenItem, mean, progress_bar
 
 SUBSETS = ("CVTG", "CVTG-Style")
 _QUOTED = re.compile(r"'(.*?)'")
@@ -87,14 +87,10 @@ def score_folder(folder: Path, data, ocr: Callable[[Image.Image], list[str]] | N
     clip = _LocalCLIP(_require_model_dir(clip_dir, "cvtg clipscore", "--clip")) if clip_dir else None
     rows = load_prompts(data)
     records, missing = [], []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(rows), desc="cvtg score", unit="image")
+    bar = progress_bar(len(rows), "cvtg score", "image", progress)
     for r in rows:
         path = Path(folder) / r["subset"] / str(r["n"]) / f"{r['index']}.png"
-        if bar:
-            bar.update(1)
+        bar.update(1)
         if not path.is_file():
             missing.append(str(path))
             continue
@@ -111,8 +107,7 @@ def score_folder(folder: Path, data, ocr: Callable[[Image.Image], list[str]] | N
             cos = float((clip.image_embeds([image]) @ clip.text_embeds(["A photo depicts " + r["prompt"]]).T)[0, 0])
             rec["clip_score"] = 2.5 * max(cos, 0.0)
         records.append(rec)
-    if bar:
-        bar.close()
+    bar.close()
     if missing and not records:
         raise InvalidInputError(f"no CVTG-2K images under {folder} (first expected: {missing[0]}); "
                                 "run `thinkgen eval cvtg generate` first")

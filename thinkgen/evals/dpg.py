@@ -27,7 +27,7 @@ from typing import Any, Callable
 from PIL import Image
 
 from ..errors import InvalidInputError
-from .common import GenItem, grid_2x2, mean
+from .common import GenItem, grid_2x2, mean, progress_bar
 
 VQA_SUFFIX = " Answer yes or no."
 
@@ -92,13 +92,9 @@ def crops(grid: Image.Image) -> list[Image.Image]:
 def score_folder(folder: Path, questions: dict[str, list[dict]], vqa: Callable[[Image.Image, str], str],
                  parity: bool = True, progress: bool = True) -> tuple[list[dict], list[str], list[str]]:
     records, missing, failed = [], [], []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(questions), desc="dpg score", unit="image")
+    bar = progress_bar(len(questions), "dpg score", "image", progress)
     for item_id, qs in questions.items():
-        if bar:
-            bar.update(1)
+        bar.update(1)
         path = Path(folder) / f"{item_id}.png"
         if not path.is_file():
             missing.append(item_id)
@@ -119,8 +115,7 @@ def score_folder(folder: Path, questions: dict[str, list[dict]], vqa: Callable[[
         records.append({"item_id": item_id, "score": mean(per_crop), "crops": per_crop,
                         "categories": dict(cats),          # per question, averaged over questions in summarise
                         "l1": {q["l1"] for q in qs}})
-    if bar:
-        bar.close()
+    bar.close()
     for r in records:
         r["l1"] = sorted(r["l1"])
     return records, missing, failed

@@ -26,7 +26,7 @@ from PIL import Image
 
 from ..errors import ConfigError, InvalidInputError
 from ..rl.rewards import Detection, GenEvalRuleReward, _LocalCLIP, _require_model_dir
-from .common import GenItem, mean
+from .common import GenItem, mean, progress_bar
 
 DATA = Path(__file__).parent / "data" / "geneval" / "evaluation_metadata.jsonl"
 TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
@@ -181,18 +181,13 @@ def score_folder(folder: Path, detector, colour=None, progress: bool = True) -> 
         raise InvalidInputError(f"{folder} holds no GenEval outputs (<00000>/metadata.jsonl + samples/*.png); "
                                 "run `thinkgen eval geneval generate` first")
     records = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(subdirs), desc="geneval score", unit="prompt")
+    bar = progress_bar(len(subdirs), "geneval score", "prompt", progress)
     for sub in subdirs:
         meta = json.loads((sub / "metadata.jsonl").read_text().splitlines()[0])
         for png in sorted((sub / "samples").glob("*.png")):
             image = Image.open(png).convert("RGB")
             r = score_image(detector(image), meta, colour, image)
             records.append({"key": sub.name, "image": png.name, "tag": meta["tag"], "prompt": meta["prompt"], **r})
-        if bar:
-            bar.update(1)
-    if bar:
-        bar.close()
+        bar.update(1)
+    bar.close()
     return records

@@ -25,7 +25,7 @@ from typing import Any, Callable
 from PIL import Image
 
 from ..errors import InvalidInputError
-from .common import GenItem, mean
+from .common import GenItem, mean, progress_bar
 
 FILES = ("cultural_common_sense.json", "spatio-temporal_reasoning.json", "natural_science.json")
 CATEGORIES = (("CULTURE", 1, 400, 0.4), ("TIME", 401, 567, 0.167), ("SPACE", 568, 700, 0.133),
@@ -100,13 +100,9 @@ def score_folder(folder: Path, data, judge: Callable[[Image.Image, str], str], t
                  progress: bool = True) -> tuple[list[dict], list[str], list[int]]:
     rows = load_prompts(data)
     records, missing, unparsed = [], [], []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(rows), desc="wise score", unit="image")
+    bar = progress_bar(len(rows), "wise score", "image", progress)
     for r in rows:
-        if bar:
-            bar.update(1)
+        bar.update(1)
         path = Path(folder) / f"{r['id']}.png"
         if not path.is_file():
             missing.append(str(path))
@@ -124,8 +120,7 @@ def score_folder(folder: Path, data, judge: Callable[[Image.Image, str], str], t
             continue
         records.append({"id": r["id"], "category": category(r["id"]), "scores": scores, "wiscore": wiscore(scores),
                         "reply": reply})
-    if bar:
-        bar.close()
+    bar.close()
     return records, missing, unparsed
 
 

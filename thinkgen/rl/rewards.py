@@ -690,7 +690,7 @@ def parse_judge_score(reply: str, default_max: float = 10.0) -> float | None:
 class OpenAIChatBackend:
     """Minimal OpenAI-compatible chat-completions client (urllib): backend(image, text) -> reply text.
 
-    POST {base_url}/chat/completions with the image as a PNG data URL. The API key is read from the
+    POST {base_url}/chat/completions with the image (or a list of images, in order) as PNG data URLs. The API key is read from the
     environment variable ``api_key_env`` (sent only if set). Transport errors, HTTP 429 and 5xx are retried
     up to ``max_retries`` (<= 3) times with linear backoff; other HTTP errors raise at once.
     """
@@ -704,21 +704,21 @@ class OpenAIChatBackend:
         self.max_retries, self.backoff_s = max_retries, backoff_s
         self.max_tokens, self.temperature = max_tokens, temperature
 
-    def _payload(self, image: Image.Image, text: str) -> bytes:
-        buf = io.BytesIO()
-        _rgb(image).save(buf, format="PNG")
-        url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    def _payload(self, image, text: str) -> bytes:
+        parts = []
+        for im in image if isinstance(image, (list, tuple)) else [image]:     # one image, or several in order
+            buf = io.BytesIO()
+            _rgb(im).save(buf, format="PNG")
+            url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+            parts.append({"type": "image_url", "image_url": {"url": url}})
         return json.dumps({
             "model": self.model,
-            "messages": [{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": url}},
-                {"type": "text", "text": text},
-            ]}],
+            "messages": [{"role": "user", "content": parts + [{"type": "text", "text": text}]}],
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
         }).encode("utf-8")
 
-    def __call__(self, image: Image.Image, text: str) -> str:
+    def __call__(self, image, text: str) -> str:
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.api_key_env)
         if key:
