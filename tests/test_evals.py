@@ -275,7 +275,12 @@ class _Judge(http.server.BaseHTTPRequestHandler):
         assert images and all(p["image_url"]["url"].startswith("data:image/png;base64,") for p in images)
         text = parts[-1]["text"]
         _Judge.seen.append(len(images))
-        if "RUBRIC" in text:                                   # ImgEdit: the rubric from prompts.json
+        if "Final Score: 1\" if yes" in text:                   # RISEBench logical: right / wrong
+            reply = "It matches. **Final Score**: 1"
+        elif "Final Score" in text:                            # RISEBench 1-5 scales
+            reply = "Looks right.\nFinal Score: 5" if "reasoning only" in text or "consistency only" in text \
+                else "Final Scores: 4, 3"
+        elif "RUBRIC" in text:                                 # ImgEdit: the rubric from prompts.json
             reply = "Brief reasoning: fine\nPrompt Compliance: 4\nVisual Seamlessness: 5\nPhysical Fidelity: 4"
         elif "over-editing" in text:                           # GEdit semantic consistency
             reply = '||V^=^V||{"score": [6, 9], "reasoning": "ok"}||V^=^V||'
@@ -318,8 +323,8 @@ def test_wise_generate_then_score_through_an_http_judge(tmp_path, capsys):
 
 
 def test_bad_benchmark_inputs_are_refused(tmp_path, capsys):
-    assert cli(["eval", "risebench"]) == 2
-    assert "not implemented yet" in capsys.readouterr().err
+    assert cli(["eval", "oneig"]) == 2
+    assert "available: nano, geneval" in capsys.readouterr().err
     assert cli(["eval", "cvtg", "generate", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "has none of CVTG/<n>.json" in capsys.readouterr().err
     assert cli(["eval", "geneval", "score", "--images", str(tmp_path / "none"), "--detector", "x", "--clip", "y"]) == 2
@@ -418,3 +423,64 @@ def test_gedit_generate_then_score_through_an_http_judge(tmp_path, judge_url, ca
     assert en["all"]["macro"] == pytest.approx({"sc": 6.0, "pq": 4.0, "o": 24 ** 0.5})
     assert en["intersection"]["images"] == 1 and s["languages"]["cn"]["all"]["images"] == 1
     assert sorted(_Judge.seen) == [1, 1, 1, 2, 2, 2]                  # SC sees source + edit, PQ the edit only
+
+
+@pytest.mark.parametrize("cat, c, r, p, free, score, done", [
+    ("temporal_reasoning", 5, 5, 5, False, 5.0, True),
+    ("causal_reasoning", 4, 5, 5, False, 0.3 * 4 + 2.5 + 1.0, False),
+    ("spatial_reasoning", None, 5, 4, True, 0.8 + 4.0, False),
+    ("spatial_reasoning", None, 5, 5, True, 5.0, True),
+    ("temporal_reasoning", 5, 1, 5, False, max(1, 0.5 * (1.5 + 0.5 + 1.0)), False),    # reasoning 1 halves the score
+    ("logical_reasoning", 5, 5, None, False, 5.0, True),
+    ("logical_reasoning", 1, 5, None, False, 0.3 + 3.5, False),
+])
+def test_risebench_sample_score_and_completion(cat, c, r, p, free, score, done):
+    from thinkgen.evals import risebench as rb
+
+    assert rb.sample_score(cat, c, r, p, free) == pytest.approx(score)
+    assert rb.complete(cat, c, r, p, free) is done
+    if free and done:
+        assert rb.complete(cat, c, r, p, free, fixed=False) is False           # before the official fix
+
+
+def test_risebench_extract_and_consistency_free_switch():
+    from thinkgen.evals import risebench as rb
+
+    assert rb.extract("blah **Final Score**: 4") == 4 and rb.extract("Final Scores: 3, 5") == 3
+    assert rb.extract("Final Score:\n 2") == 2 and rb.extract("no score") is None
+    assert rb.consistency_free({}) is False and rb.consistency_free({"consistency_free": True})
+    assert rb.consistency_free({"consistency_free": None}) is False
+    assert rb.consistency_free({"consistency_free": None}, nan_truthy=True) is True
+
+
+def test_risebench_generate_then_score_through_an_http_judge(tmp_path, judge_url, capsys):
+    from thinkgen.evals import risebench as rb
+
+    _sources(tmp_path / "data" / "images")
+    _img(64, 64, (0, 200, 0)).save(tmp_path / "data" / "images" / "ref.png")
+    data = tmp_path / "data" / "data_total.json"
+    data.write_text(json.dumps([
+        {"index": "temporal_reasoning_1", "category": "temporal_reasoning", "instruction": "show it after a day",
+         "image": "images/src0.png", "reference": "the circle is green"},
+        {"index": "spatial_reasoning_2", "category": "spatial_reasoning", "instruction": "rotate it",
+         "image": "images/src1.png", "reference_img": "images/ref.png", "consistency_free": True},
+        {"index": "logical_reasoning_3", "category": "logical_reasoning", "instruction": "solve the maze",
+         "image": "images/src0.png", "reference_txt": "the left path"}]))
+    out = tmp_path / "out"
+    assert cli(["eval", "risebench", "generate", "--data", str(data), "--out", str(out), "--steps", "2"]) == 0
+    assert (out / "images" / "logical_reasoning" / "logical_reasoning_3.png").is_file()
+    assert cli(["eval", "risebench", "score", "--data", str(data), "--images", str(out), "--judge-url", judge_url,
+                "--judge-model", "j"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    recs = {r["index"]: r for r in res["records"]}
+    # consistency 5, reasoning 5, plausibility "Final Scores: 4, 3" -> 4: not complete
+    assert recs["temporal_reasoning_1"]["score"] == pytest.approx(0.3 * 5 + 0.5 * 5 + 0.2 * 4)
+    assert recs["spatial_reasoning_2"]["consistency"] is None and not recs["spatial_reasoning_2"]["complete"]
+    assert recs["logical_reasoning_3"]["complete"] and recs["logical_reasoning_3"]["plausibility"] is None
+    assert res["summary"]["accuracy"] == pytest.approx(1 / 3)
+    # consistency, reasoning, plausibility: 2 + 2 + 1 images; reference image: 3 + 1; logical: 2 + 2
+    assert sorted(_Judge.seen) == [1, 1, 2, 2, 2, 2, 3]
+    with pytest.raises(InvalidInputError, match="not a RISEBench item"):
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps([{"index": "x", "category": "funny", "instruction": "i", "image": "a.png"}]))
+        rb.load_items(bad)

@@ -6,8 +6,8 @@ on different machines and be redone separately:
     thinkgen eval geneval generate --model M --out runs/geneval                    # images in the official layout
     thinkgen eval geneval score --images runs/geneval --detector DIR --clip DIR     # results.json + results.md
 
-Benchmarks: geneval, dpg, cvtg, wise (text-to-image), imgedit, gedit (editing); see each module's docstring for the
-data, the rules and how close the local observers are to the official ones. RISEBench is not implemented yet.
+Benchmarks: geneval, dpg, cvtg, wise (text-to-image), imgedit, gedit, risebench (editing); see each module's
+docstring for the data, the rules and how close the local observers are to the official ones.
 """
 from __future__ import annotations
 
@@ -17,11 +17,10 @@ from pathlib import Path
 
 from ..errors import InvalidInputError
 
-BENCHMARKS = ("geneval", "dpg", "cvtg", "wise", "imgedit", "gedit")
-NOT_YET = ("risebench",)
-DEFAULT_IMAGES = {"geneval": 4, "dpg": 4, "cvtg": 1, "wise": 1, "imgedit": 1, "gedit": 1}
+BENCHMARKS = ("geneval", "dpg", "cvtg", "wise", "imgedit", "gedit", "risebench")
+DEFAULT_IMAGES = {"geneval": 4, "dpg": 4, "cvtg": 1, "wise": 1, "imgedit": 1, "gedit": 1, "risebench": 1}
 TITLES = {"geneval": "GenEval", "dpg": "DPG-Bench", "cvtg": "CVTG-2K", "wise": "WISE", "imgedit": "ImgEdit-Bench",
-          "gedit": "GEdit-Bench"}
+          "gedit": "GEdit-Bench", "risebench": "RISEBench"}
 
 
 def _parser(bench: str) -> argparse.ArgumentParser:
@@ -60,6 +59,8 @@ def _parser(bench: str) -> argparse.ArgumentParser:
             q.add_argument("--source-root", required=True, help="the folder basic_edit.json's image ids are relative to")
         elif bench == "gedit":
             q.add_argument("--data", required=True, help="a GEdit-Bench manifest.jsonl (`thinkgen eval gedit export`)")
+        elif bench == "risebench":
+            q.add_argument("--data", required=True, help="RISEBench's data_total.json (or the 360-item JSON)")
     if bench == "gedit":
         x = sub.add_parser("export", help="write manifest.jsonl + source images from the Hugging Face dataset")
         x.add_argument("--out", type=Path, required=True)
@@ -77,7 +78,12 @@ def _parser(bench: str) -> argparse.ArgumentParser:
         s.add_argument("--clip", default=None, help="local CLIP for CLIPScore (optional)")
     if bench == "imgedit":
         s.add_argument("--judge-prompts", required=True, help="ImgEdit's Benchmark/Basic/prompts.json (the rubric)")
-    if bench in ("dpg", "wise", "imgedit", "gedit"):
+    if bench == "risebench":
+        s.add_argument("--accuracy-before-fix", action="store_true",
+                       help="accuracy as before the official fix of 2026-04 (consistency-free items never complete)")
+        s.add_argument("--nan-truthy", action="store_true",
+                       help="the official pandas quirk: items without a consistency_free value count as free")
+    if bench in ("dpg", "wise", "imgedit", "gedit", "risebench"):
         s.add_argument("--judge-url", required=True, help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
         s.add_argument("--judge-model", required=True, help="the model name the endpoint serves")
         s.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
@@ -108,8 +114,11 @@ def _generate(bench: str, args, argv) -> int:
     elif bench == "imgedit":
         from .imgedit import items
         todo = items(args.out, args.data, args.source_root, args.limit, s.images_per_prompt)
-    else:
+    elif bench == "gedit":
         from .gedit import items
+        todo = items(args.out, args.data, args.limit, s.images_per_prompt)
+    else:
+        from .risebench import items
         todo = items(args.out, args.data, args.limit, s.images_per_prompt)
     pipe = _load(args)
     counts = generate_items(pipe, todo, args.out, s, meta={**run_meta(argv), "benchmark": bench})
@@ -185,6 +194,18 @@ def _score(bench: str, args, argv) -> int:
             for subset, block in parts.items():
                 if block["macro"]:
                     table += [(f"{lang} {subset} {m.upper()}", block["macro"][m]) for m in ("sc", "pq", "o")]
+    elif bench == "risebench":
+        from .risebench import score_folder, summarise
+
+        records, missing, unparsed = score_folder(args.images, args.data, _judge(args),
+                                                  fixed_accuracy=not args.accuracy_before_fix,
+                                                  nan_truthy=args.nan_truthy)
+        meta.update(judge=f"{args.judge_model} at {args.judge_url}", judge_prompts="thinkgen.evals.risebench.PROMPTS",
+                    accuracy_fix=not args.accuracy_before_fix, nan_truthy=args.nan_truthy,
+                    note="official judge: gpt-4.1-2025-04-14 with the authors' prompts")
+        summary = summarise(records, missing, unparsed)
+        table = [(f"{c} accuracy", v["accuracy"]) for c, v in summary["categories"].items()]
+        table += [("accuracy (overall)", summary["accuracy"]), ("score %", summary["score_pct"])]
     else:
         from .wise import score_folder, summarise
 
@@ -205,8 +226,7 @@ def _score(bench: str, args, argv) -> int:
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in BENCHMARKS:
         what = argv[0] if argv else None
-        extra = f"; {', '.join(NOT_YET)} are not implemented yet" if what in NOT_YET else ""
-        raise InvalidInputError(f"unknown benchmark {what!r}{extra}; available: nano, {', '.join(BENCHMARKS)}")
+        raise InvalidInputError(f"unknown benchmark {what!r}; available: nano, {', '.join(BENCHMARKS)}")
     bench, rest = argv[0], argv[1:]
     args = _parser(bench).parse_args(rest)
     if args.step == "export":

@@ -160,6 +160,19 @@ def progress_bar(total: int, desc: str, unit: str, enabled: bool = True):
     return tqdm(total=total, desc=desc, unit=unit)
 
 
+def present_outputs(rows: list, path_of: Callable[[Any], Path], desc: str, progress: bool, missing: list):
+    """Yield (row, image path) for the rows whose image exists; the others' paths go to ``missing``."""
+    bar = progress_bar(len(rows), desc, "image", progress)
+    for r in rows:
+        bar.update(1)
+        path = Path(path_of(r))
+        if path.is_file():
+            yield r, path
+        else:
+            missing.append(str(path))
+    bar.close()
+
+
 def mean(values) -> float | None:
     values = [float(v) for v in values]
     return sum(values) / len(values) if values else None

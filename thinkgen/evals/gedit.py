@@ -29,7 +29,7 @@ from typing import Any, Callable
 from PIL import Image
 
 from ..errors import InvalidInputError
-from .common import GenItem, mean, progress_bar
+from .common import GenItem, mean, present_outputs
 
 SC_PROMPT = """You are a strict judge of image edits. The first image is the original, the second is the result of
 editing it with this instruction: "{instruction}".
@@ -138,13 +138,7 @@ def _ask(judge, images, text, tries) -> list[float] | None:
 def score_folder(folder: Path, data, judge: Callable, tries: int = 3, progress: bool = True):
     rows = load_manifest(data)
     records, missing, unparsed = [], [], []
-    bar = progress_bar(len(rows), "gedit score", "image", progress)
-    for r in rows:
-        bar.update(1)
-        path = output_path(folder, r)
-        if not path.is_file():
-            missing.append(str(path))
-            continue
+    for r, path in present_outputs(rows, lambda r: output_path(folder, r), "gedit score", progress, missing):
         source = Image.open(r["source_image"]).convert("RGB")
         edited = Image.open(path).convert("RGB").resize(source.size, Image.BICUBIC)
         sc = _ask(judge, [source, edited], SC_PROMPT.format(instruction=r["instruction"]), tries)
@@ -157,7 +151,6 @@ def score_folder(folder: Path, data, judge: Callable, tries: int = 3, progress: 
         records.append({"key": key, "task_type": r["task_type"], "language": r["instruction_language"],
                         "intersection": bool(r.get("Intersection_exist")), "sc": SC, "pq": PQ,
                         "o": math.sqrt(SC * PQ), "sc_scores": sc, "pq_scores": pq})
-    bar.close()
     return records, missing, unparsed
 
 

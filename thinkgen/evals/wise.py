@@ -25,7 +25,7 @@ from typing import Any, Callable
 from PIL import Image
 
 from ..errors import InvalidInputError
-from .common import GenItem, mean, progress_bar
+from .common import GenItem, mean, present_outputs
 
 FILES = ("cultural_common_sense.json", "spatio-temporal_reasoning.json", "natural_science.json")
 CATEGORIES = (("CULTURE", 1, 400, 0.4), ("TIME", 401, 567, 0.167), ("SPACE", 568, 700, 0.133),
@@ -100,13 +100,7 @@ def score_folder(folder: Path, data, judge: Callable[[Image.Image, str], str], t
                  progress: bool = True) -> tuple[list[dict], list[str], list[int]]:
     rows = load_prompts(data)
     records, missing, unparsed = [], [], []
-    bar = progress_bar(len(rows), "wise score", "image", progress)
-    for r in rows:
-        bar.update(1)
-        path = Path(folder) / f"{r['id']}.png"
-        if not path.is_file():
-            missing.append(str(path))
-            continue
+    for r, path in present_outputs(rows, lambda r: Path(folder) / f"{r['id']}.png", "wise score", progress, missing):
         image = Image.open(path).convert("RGB")
         text = JUDGE_PROMPT.format(prompt=r["prompt"], explanation=r["explanation"])
         scores, reply = None, ""
@@ -120,7 +114,6 @@ def score_folder(folder: Path, data, judge: Callable[[Image.Image, str], str], t
             continue
         records.append({"id": r["id"], "category": category(r["id"]), "scores": scores, "wiscore": wiscore(scores),
                         "reply": reply})
-    bar.close()
     return records, missing, unparsed
 
 
