@@ -256,3 +256,23 @@ def test_cli_serve_refuses_bad_ports_before_loading(capsys):
 
     assert main(["serve", "--port", "70000"]) == 2
     assert "--port must be in [1, 65535]" in capsys.readouterr().err
+
+
+def test_api_key_guards_the_api_but_not_health(pipe, monkeypatch, capsys):
+    with TestClient(create_app(pipe, api_key="s3cret-key", ui=False)) as c:
+        assert c.get("/v1/models").status_code == 401
+        r = c.get("/v1/models", headers={"authorization": "Bearer wrong-key!"})
+        assert r.status_code == 401 and "Authorization: Bearer" in r.json()["error"]["message"]
+        assert c.get("/v1/models", headers={"authorization": "Bearer s3cret-key"}).status_code == 200
+        assert c.get("/health").status_code == 200
+    pytest.importorskip("gradio")
+    with TestClient(create_app(pipe, api_key="s3cret-key")) as c:                  # the UI logs in with the key
+        assert c.post("/ui/login", data={"username": "thinkgen", "password": "nope"}).status_code == 400
+        assert c.post("/ui/login", data={"username": "thinkgen", "password": "s3cret-key"}).json()["success"]
+    with pytest.raises(InvalidInputError, match="at least 8 characters"):
+        create_app(pipe, api_key="short", ui=False)
+    from thinkgen.cli import main
+
+    monkeypatch.setenv("THINKGEN_TEST_KEY", "abc")
+    assert main(["serve", "--api-key-env", "THINKGEN_TEST_KEY"]) == 2
+    assert "THINKGEN_TEST_KEY" in capsys.readouterr().err

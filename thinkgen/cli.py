@@ -194,8 +194,15 @@ def cmd_serve(args) -> int:
         raise InvalidInputError(f"--port must be in [1, 65535], got {args.port}")
     if not args.max_request_mb > 0:
         raise InvalidInputError(f"--max-request-mb must be > 0, got {args.max_request_mb}")
+    api_key = None
+    if args.api_key_env is not None:
+        api_key = os.environ.get(args.api_key_env, "")
+        if len(api_key) < 8:
+            raise InvalidInputError(f"--api-key-env {args.api_key_env}: that environment variable must hold a key of at "
+                                    "least 8 characters (export it before starting the server)")
     pipe = _load(args)
-    serve(pipe, host=args.host, port=args.port, model_name=args.served_name, max_batch_images=args.max_batch_images,
+    serve(pipe, host=args.host, port=args.port, model_name=args.served_name, api_key=api_key,
+          max_batch_images=args.max_batch_images,
           max_wait_s=args.batch_wait_ms / 1000.0, max_queue=args.max_queue,
           max_request_bytes=int(args.max_request_mb * 1024 * 1024), ui=not args.no_ui)
     return 0
@@ -297,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond this get HTTP 503")
     s.add_argument("--max-request-mb", type=float, default=32.0, help="largest request body accepted (HTTP 413 above)")
     s.add_argument("--no-ui", action="store_true", help="API only: no Gradio UI at /ui (no gradio needed)")
+    s.add_argument("--api-key-env", default=None, metavar="VAR",
+                   help="require 'Authorization: Bearer <key>' on /v1/ with the key read from this environment "
+                        "variable (the UI then asks for user 'thinkgen', password the key)")
     s.set_defaults(func=cmd_serve)
 
     i = sub.add_parser("info", help="show a checkpoint's components, configs and sizes")

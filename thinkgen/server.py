@@ -527,14 +527,23 @@ def _default_name(source: str) -> str:
 
 
 def create_app(pipe, *, model_name: str | None = None, max_batch_images: int = 8, max_wait_s: float = 0.01,
-               max_queue: int = 64, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, ui: bool = True):
-    """A FastAPI app serving ``pipe`` (see the module docstring). The queue stops when the app shuts down."""
+               max_queue: int = 64, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, ui: bool = True,
+               api_key: str | None = None):
+    """A FastAPI app serving ``pipe`` (see the module docstring). The queue stops when the app shuts down.
+
+    ``api_key``: when set, every ``/v1/`` request must send ``Authorization: Bearer <api_key>`` (HTTP 401 otherwise)
+    and the UI asks for the user "thinkgen" with the key as password; ``/health`` stays open.
+    """
+    import hmac
+
     import asyncio
     import contextlib
 
     require_serve_extra(ui=ui)
     from fastapi import FastAPI, Request
 
+    if api_key is not None and (not isinstance(api_key, str) or len(api_key) < 8):
+        raise InvalidInputError("api_key must be a string of at least 8 characters (or None for an open server)")
     if isinstance(max_request_bytes, bool) or not isinstance(max_request_bytes, int) or max_request_bytes < 1024:
         raise InvalidInputError(f"max_request_bytes must be an integer >= 1024, got {max_request_bytes!r}")
     queue = BatchQueue(pipe, max_batch_images=max_batch_images, max_wait_s=max_wait_s, max_queue=max_queue)
@@ -553,6 +562,11 @@ def create_app(pipe, *, model_name: str | None = None, max_batch_images: int = 8
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
+        if api_key is not None and request.url.path.startswith("/v1/"):
+            sent = request.headers.get("authorization", "")
+            if not hmac.compare_digest(sent.encode(), f"Bearer {api_key}".encode()):
+                return _error(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
+                              "invalid_api_key")
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > max_request_bytes:
             return _error(413, f"request body of {length} bytes exceeds this server's limit of {max_request_bytes}; "
@@ -635,7 +649,8 @@ def create_app(pipe, *, model_name: str | None = None, max_batch_images: int = 8
 
         from .ui import build_ui
 
-        app = gr.mount_gradio_app(app, build_ui(service), path="/ui")
+        app = gr.mount_gradio_app(app, build_ui(service), path="/ui",
+                                  auth=("thinkgen", api_key) if api_key is not None else None)
     return app
 
 
