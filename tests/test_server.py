@@ -276,3 +276,12 @@ def test_api_key_guards_the_api_but_not_health(pipe, monkeypatch, capsys):
     monkeypatch.setenv("THINKGEN_TEST_KEY", "abc")
     assert main(["serve", "--api-key-env", "THINKGEN_TEST_KEY"]) == 2
     assert "THINKGEN_TEST_KEY" in capsys.readouterr().err
+
+
+def test_close_while_waiting_to_merge_fails_the_job_and_stops_the_worker(pipe):
+    q = BatchQueue(pipe, max_wait_s=5.0)
+    f = q.submit(GenJob("a red circle", 0, GenSettings(num_inference_steps=1)))
+    q.close()
+    with pytest.raises(Exception, match="shut down"):
+        f.result(timeout=30)
+    assert not q._thread.is_alive()

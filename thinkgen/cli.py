@@ -44,6 +44,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
     p.add_argument("--cpu-offload", action="store_true",
                    help="keep the models on the CPU and move each to --device only for its stage (less GPU memory)")
+    p.add_argument("--quantize", default=None, choices=["int8", "float8", "int4"],
+                   help="weight-only quantization of the MLLM and the DiT (less memory; needs thinkgen[quant])")
 
 
 def _add_gen_args(p: argparse.ArgumentParser) -> None:
@@ -85,10 +87,20 @@ def _load(args):
     from .pipeline import ThinkGenPipeline
 
     device, dtype = _device_dtype(args)
+    if getattr(args, "quantize", None):
+        try:                                   # fail before loading anything
+            import optimum.quanto  # noqa: F401
+        except ImportError:
+            raise ThinkgenError("--quantize needs optimum-quanto: pip install 'thinkgen[quant]'") from None
     if getattr(args, "cpu_offload", False):
-        pipe = ThinkGenPipeline.from_pretrained(args.model, dtype=dtype, device="cpu").enable_model_cpu_offload(device)
+        pipe = ThinkGenPipeline.from_pretrained(args.model, dtype=dtype, device="cpu")
+        if getattr(args, "quantize", None):
+            pipe.quantize(args.quantize)
+        pipe.enable_model_cpu_offload(device)
     else:
         pipe = ThinkGenPipeline.from_pretrained(args.model, dtype=dtype, device=device)
+        if getattr(args, "quantize", None):
+            pipe.quantize(args.quantize)
     return pipe.compile() if getattr(args, "compile", False) else pipe
 
 
@@ -318,8 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("what", choices=["dit", "mllm", "sepgrpo", "nano"])
     t.set_defaults(func=cmd_train, passthrough=True)
 
-    v = sub.add_parser("eval", help="evaluate: nano (shape world), or geneval | dpg | cvtg | wise (generate, score)",
-                       add_help=False)
+    v = sub.add_parser("eval", help="evaluate: nano (shape world), or a paper benchmark: geneval | dpg | cvtg | wise | "
+                                    "imgedit | gedit | risebench (generate, score)", add_help=False)
     v.add_argument("what")
     v.set_defaults(func=cmd_eval, passthrough=True)
     return p

@@ -282,6 +282,16 @@ class ThinkGenPipeline:
         self.transformer.compile_blocks(**compile_kwargs)
         return self
 
+    def quantize(self, weights: str = "int8", components=("mllm", "transformer"), min_features: int = 32
+                 ) -> "ThinkGenPipeline":
+        """Weight-only quantization (int8, float8 or int4) of the MLLM's and the DiT's linear layers, in place
+        (``thinkgen.quantization``; needs optimum-quanto). Call it after moving the pipeline to its device; the report
+        is kept in ``self.quantization`` and every output's ``settings``."""
+        from .quantization import quantize_pipeline
+
+        quantize_pipeline(self, weights, components, min_features)
+        return self
+
     @contextlib.contextmanager
     def _on_device(self, component):
         dev = getattr(self, "_offload_device", None)
@@ -431,6 +441,8 @@ class ThinkGenPipeline:
             think_temperature=think_temperature, think_top_p=think_top_p, think_do_sample=think_do_sample,
             max_pixels=max_pixels, align_res=align_res,
         )
+        if getattr(self, "quantization", None):
+            settings["quantization"] = self.quantization["weights"]
 
         # -- 2. think / encode the instruction
         t1 = time.perf_counter()

@@ -197,10 +197,12 @@ class BatchQueue:
                 return [self._pending.popleft()]
             deadline = head.enqueued + self.max_wait_s
             while True:
+                if self._closed:                  # close() has failed and dropped everything queued
+                    return None
                 batch = self._compatible(head)
                 full = sum(j.settings.num_images for j in batch) + head.settings.num_images > self.max_batch_images
                 left = deadline - time.monotonic()
-                if full or left <= 0 or self._closed:
+                if full or left <= 0:
                     break
                 self._cond.wait(left)
             for j in batch:

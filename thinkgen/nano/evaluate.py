@@ -254,6 +254,8 @@ def evaluate(args, pipe=None) -> dict:
     d = _defaults(args.model)
     if pipe is None:
         pipe = ThinkGenPipeline.from_pretrained(args.model, device=args.device)
+        if getattr(args, "quantize", None):
+            pipe.quantize(args.quantize)
         if getattr(args, "compile", False):
             pipe.compile()
     fams = [f for f in (args.families.split(",") if args.families else FAMILIES)]
@@ -275,7 +277,8 @@ def evaluate(args, pipe=None) -> dict:
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seeds": args.seeds,
             "n_per_family": args.n_per_family, "n_composition": args.n_composition or args.n_per_family, "steps": args.steps or d.get("num_inference_steps", 20),
             "text_guidance": args.text_guidance, "image_guidance": args.image_guidance,
-            "compile": bool(getattr(args, "compile", False)), "seconds": round(time.time() - t0, 1)}
+            "compile": bool(getattr(args, "compile", False)), "quantize": getattr(args, "quantize", None),
+            "seconds": round(time.time() - t0, 1)}
     clean = [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
     _atomic_write(out / "results.json", json.dumps({"meta": meta, "summary": summary, "records": clean},
                                                    indent=1, default=str) + "\n")
@@ -307,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (a one-off compile, then "
                    "faster sampling; scores match eager to float rounding)")
+    p.add_argument("--quantize", default=None, choices=["int8", "float8", "int4"],
+                   help="weight-only quantization of the MLLM and the DiT (thinkgen.quantization)")
     p.add_argument("--command", default="", help=argparse.SUPPRESS)
     return p
 

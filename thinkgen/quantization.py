@@ -1,0 +1,77 @@
+"""Weight-only quantization of the pipeline's MLLM and DiT (optimum-quanto), for less accelerator memory.
+
+    pipe = ThinkGenPipeline.from_pretrained(path, dtype="bfloat16", device="cuda").quantize("int8")
+
+Every ``nn.Linear`` of the chosen components whose smaller side is at least ``min_features`` gets int8 (or float8,
+or int4) weights with per-channel scales; activations stay in the compute dtype and the weights are dequantized in the
+matmul. The DiT's patch embedders, time/caption embedder and output layer are kept as they are (small, and where
+rounding costs most). The VAE is not quantized. Inference only: the trainers never quantize.
+
+Weight bytes before / after and what quantization does to the nano model's scores and speed are measured by
+``bench/bench_quantize.py`` (results in ``bench/results/``). Needs ``pip install 'thinkgen[quant]'``.
+"""
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+import torch
+
+from .errors import InvalidInputError, ThinkgenError
+
+SCHEMES = ("int8", "float8", "int4")
+COMPONENTS = ("mllm", "transformer")
+DIT_KEEP = ("x_embedder*", "ref_image_patch_embedder*", "time_caption_embed*", "norm_out*")
+
+
+def tensor_bytes(t: torch.Tensor) -> int:
+    """Storage bytes of a tensor, looking inside quantized tensor subclasses (data + scales)."""
+    flatten = getattr(t, "__tensor_flatten__", None)
+    if flatten is not None and type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter:
+        names, _ = flatten()
+        return sum(tensor_bytes(getattr(t, n)) for n in names)
+    return t.numel() * t.element_size()
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    return sum(tensor_bytes(p) for p in module.parameters()) + sum(tensor_bytes(b) for b in module.buffers())
+
+
+def _module(pipe, component: str) -> torch.nn.Module:
+    return pipe.transformer if component == "transformer" else pipe.mllm.model
+
+
+def quantize_pipeline(pipe, weights: str = "int8", components=COMPONENTS, min_features: int = 32) -> dict[str, Any]:
+    """Quantize ``components`` of ``pipe`` in place; returns what was done (bytes before / after per component)."""
+    if weights not in SCHEMES:
+        raise InvalidInputError(f"quantization {weights!r} is not supported; use one of {SCHEMES}")
+    components = tuple(components)
+    bad = [c for c in components if c not in COMPONENTS]
+    if bad or not components:
+        raise InvalidInputError(f"components must be a non-empty subset of {COMPONENTS}, got {components!r}")
+    if isinstance(min_features, bool) or not isinstance(min_features, int) or min_features < 1:
+        raise InvalidInputError(f"min_features must be an integer >= 1, got {min_features!r}")
+    if getattr(pipe, "quantization", None):
+        raise InvalidInputError(f"this pipeline is already quantized ({pipe.quantization['weights']}); "
+                                "load it again to quantize differently")
+    try:
+        from optimum.quanto import freeze, qfloat8, qint4, qint8, quantize
+    except ImportError:
+        raise ThinkgenError("quantization needs optimum-quanto: pip install 'thinkgen[quant]'") from None
+    qtype = {"int8": qint8, "float8": qfloat8, "int4": qint4}[weights]
+    report: dict[str, Any] = {"weights": weights, "library": "optimum-quanto", "min_features": min_features}
+    for comp in components:
+        module = _module(pipe, comp)
+        keep = DIT_KEEP if comp == "transformer" else ()
+        linears = [n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)]
+        chosen = [n for n in linears
+                  if not any(fnmatch.fnmatch(n, pat) for pat in keep)
+                  and min(module.get_submodule(n).in_features, module.get_submodule(n).out_features) >= min_features]
+        before = module_bytes(module)
+        if chosen:
+            quantize(module, weights=qtype, include=chosen)
+            freeze(module)
+        report[comp] = {"linear_layers": len(linears), "quantized": len(chosen), "bytes_before": before,
+                        "bytes_after": module_bytes(module)}
+    pipe.quantization = report
+    return report
