@@ -32,7 +32,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from bench.provenance import provenance
+    from bench.provenance import provenance, write_result
     from thinkgen.nano.evaluate import evaluate, parse_args
     from thinkgen.pipeline import ThinkGenPipeline
 
@@ -61,11 +61,7 @@ def main(argv=None) -> int:
                        "torch_threads": torch.get_num_threads(), "seeds": args.seeds,
                        "families": {f: " ".join(FAMILIES[f]) for f in args.families}},
               "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, args.out)
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

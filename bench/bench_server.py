@@ -107,7 +107,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from bench.provenance import provenance
+    from bench.provenance import provenance, write_result
     from thinkgen.pipeline import ThinkGenPipeline
 
     if args.threads:
@@ -124,11 +124,7 @@ def main(argv=None) -> int:
                        "wait_ms": args.wait_ms},
               "rows": rows}
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, args.out)
-        print(f"wrote {args.out}")
+        write_result(args.out, result)
     return 0
 
 

@@ -13,3 +13,17 @@ def provenance(argv: list[str] | None) -> dict[str, str]:
     return {"command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
             "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": f"{platform.machine()}, {platform.system()}, torch {torch.__version__}"}
+
+
+def write_result(path, result: dict) -> None:
+    """Write a benchmark's result JSON atomically (temporary file + rename) and say where."""
+    import json
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, path)
+    print(f"wrote {path}")
