@@ -149,6 +149,8 @@ def main(argv=None) -> int:
                     help="pipe.compile() (torch.compile of the DiT blocks); one untimed end-to-end call compiles first")
     ap.add_argument("--cpu-offload", action="store_true",
                     help="enable_model_cpu_offload(device): only the end-to-end runs and the peak memory are measured")
+    ap.add_argument("--quantize", default=None, choices=["int8", "float8", "int4"],
+                    help="pipe.quantize(...) (weight-only, optimum-quanto) before any timing")
     args = ap.parse_args(argv)
     for name in ("batch", "iters", "think_tokens"):
         if getattr(args, name) < 1:
@@ -170,6 +172,8 @@ def main(argv=None) -> int:
         pipe = ThinkGenPipeline.from_pretrained(args.model, dtype=dtype, device=args.device)
         d = pipe.defaults   # the checkpoint's own call defaults (model_index.json "thinkgen_defaults")
         default_side, default_steps = int(d.get("height", 1024)), int(d.get("num_inference_steps", 50))
+    if args.quantize:
+        pipe.quantize(args.quantize)
     if args.cpu_offload:
         pipe.enable_model_cpu_offload(args.device)
     load_s = time.perf_counter() - t0
@@ -208,7 +212,7 @@ def main(argv=None) -> int:
         "python": platform.python_version(), "torch": torch.__version__,
         "model": pipe.name, "device": dev, "dtype": str(dtype).replace("torch.", ""),
         "height": H, "width": W, "steps": steps, "batch": args.batch, "think_budget": args.think_tokens,
-        "cpu_offload": args.cpu_offload, "compile": args.compile,
+        "cpu_offload": args.cpu_offload, "compile": args.compile, "quantize": args.quantize,
         "dit_params": sum(p.numel() for p in pipe.transformer.parameters()),
         "mllm_params": sum(p.numel() for p in pipe.mllm.model.parameters()),
     }

@@ -10,8 +10,10 @@
 # Parts: (1) SepGRPO on CUDA under torchrun, NCCL, DDP and FSDP2 (1 process: one GPU is lent; the collectives,
 # wrappers and checkpoints are those of N processes); (2) pipeline timings of the shipped nano model, batch 1 and 16;
 # (3) the full geometry with random weights (Qwen3-VL-8B-shaped MLLM + 3.98B DiT + FLUX-shaped VAE, bf16, 1024 px,
-# 50 steps): batch 1, batch 1 with the DiT blocks compiled, batch 4, batch 1 with model CPU offload; (4) the from-scratch nano recipe on CUDA while time
-# lasts (how far it gets, stage by stage).
+# 50 steps): batch 1, batch 1 with the DiT blocks compiled, batch 4, batch 1 with int8 weights (needs optimum-quanto),
+# batch 1 with model CPU offload; the nano server's throughput with and without request batching (needs fastapi,
+# uvicorn, httpx, python-multipart: put their wheels in .whl/ with `pip download -d .whl --no-deps ...`); (4) the
+# from-scratch nano recipe on CUDA while time lasts (how far it gets, stage by stage).
 set -u
 OUT=${1:?usage: bash bench/gpu_session.sh OUTDIR}
 W=$OUT/work
@@ -49,6 +51,10 @@ want full_b1_compile && part full_b1_compile 180 python3 bench/bench_pipeline.py
   --dtype bfloat16 --batch 1 --iters 3 --compile --out "$W" --tag full-random-cuda-b1-compile
 want full_b4 && part full_b4 150 python3 bench/bench_pipeline.py --random-weights full --device cuda --dtype bfloat16 --batch 4 \
   --iters 1 --out "$W" --tag full-random-cuda-b4
+want full_b1_int8 && part full_b1_int8 150 python3 bench/bench_pipeline.py --random-weights full --device cuda --dtype bfloat16 \
+  --batch 1 --iters 3 --quantize int8 --out "$W" --tag full-random-cuda-b1-int8
+want server_nano && part server_nano 90 python3 bench/bench_server.py --device cuda --clients 16 --requests 4 \
+  --max-batch-images 1 16 --out "$W/server_nano_cuda.json"
 want full_offload && part full_offload 120 python3 bench/bench_pipeline.py --random-weights full --device cuda --dtype bfloat16 --batch 1 \
   --cpu-offload --out "$W" --tag full-random-cuda-offload-b1
 LEFT=$(( ${BUDGET_S:-540} - ($(date +%s) - T0) - 15 ))
