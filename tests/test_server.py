@@ -2,6 +2,7 @@
 exact request batching, errors that name the field, a failing job that fails alone, back-pressure."""
 import base64
 import io
+import json
 import threading
 
 import numpy as np
@@ -194,7 +195,6 @@ def test_chat_completion_splits_reasoning_from_the_answer(client, pipe):
     assert msg["role"] == "assistant" and msg["content"] == reply.rpartition("</think>")[2].strip()
     assert msg["reasoning_content"] and "</think>" not in msg["reasoning_content"]
     for body, words in [
-        ({"messages": [{"role": "user", "content": "hi"}], "stream": True}, "stream=true is not supported"),
         ({"messages": [{"role": "user", "content": "hi"}], "temperature": 0.7}, "temperature: not a parameter"),
         ({"messages": []}, "messages is empty"),
         ({"messages": [{"role": "tool", "content": "x"}]}, "role must be"),
@@ -285,3 +285,64 @@ def test_close_while_waiting_to_merge_fails_the_job_and_stops_the_worker(pipe):
     with pytest.raises(Exception, match="shut down"):
         f.result(timeout=30)
     assert not q._thread.is_alive()
+
+
+def _events(text: str) -> list:
+    lines = [ln[len("data: "):] for ln in text.split("\n") if ln.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(x) for x in lines[:-1]]
+
+
+def test_chat_streams_reasoning_then_answer_as_server_sent_events(client, pipe):
+    img = pipe("a red circle", seed=3).images[0]
+    url = "data:image/png;base64," + base64.b64encode(_png(img)).decode()
+    body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                                      {"type": "text", "text": "what colour is the circle?"}]}]}
+    whole = client.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]
+    r = client.post("/v1/chat/completions", json={**body, "stream": True})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = _events(r.text)
+    deltas = [e["choices"][0]["delta"] for e in events]
+    assert deltas[0]["role"] == "assistant" and events[-1]["choices"][0]["finish_reason"] == "stop"
+    reasoning = "".join(d.get("reasoning_content", "") for d in deltas)
+    content = "".join(d.get("content", "") for d in deltas)
+    assert reasoning.strip() == whole["reasoning_content"] and content.strip() == whole["content"]
+    kinds = [k for d in deltas[1:] for k in d if k in ("reasoning_content", "content")]
+    assert kinds.index("content") > kinds.index("reasoning_content") and len(kinds) > 2    # streamed in pieces
+    bad = client.post("/v1/chat/completions", json={"messages": [], "stream": True})      # refused before streaming
+    assert bad.status_code == 400 and "messages is empty" in bad.json()["error"]["message"]
+
+
+def test_think_splitter_holds_back_cut_tags():
+    from thinkgen.server import ThinkSplitter
+
+    sp = ThinkSplitter()
+    out = []
+    for piece in ["<th", "ink>\nso a red", " circle.</th", "ink>", "\n\nred", " circle"]:
+        out += sp.feed(piece)
+    out += sp.flush()
+    assert "".join(p for k, p in out if k == "reasoning_content") == "so a red circle."
+    assert "".join(p for k, p in out if k == "content") == "red circle" and sp.state == "answer"
+    sp = ThinkSplitter()
+    assert sp.feed("plain answer") == [("content", "plain answer")]
+    sp = ThinkSplitter()
+    assert sp.feed("<think>\nstill going") == [("reasoning_content", "still going")] and sp.state == "think"
+
+
+def test_chat_stream_reports_a_failed_call(pipe):
+    from concurrent.futures import Future
+
+    from transformers import TextIteratorStreamer
+
+    from thinkgen.server import ThinkGenService
+
+    q = BatchQueue(pipe)
+    try:
+        service = ThinkGenService(pipe, q, model_name="nano")
+        streamer = TextIteratorStreamer(pipe.mllm.tokenizer, skip_prompt=True, timeout=0.05)
+        f = Future()
+        f.set_exception(InvalidInputError("message is empty; ask a question"))   # failed before generating
+        events = _events("".join(service.chat_stream(streamer, f)))
+    finally:
+        q.close()
+    assert events[-1]["error"]["message"] == "message is empty; ask a question"

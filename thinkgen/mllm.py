@@ -768,12 +768,13 @@ class ThinkGenMLLM:
 
     @torch.no_grad()
     def chat(self, messages, images: list[Image.Image] | None = None, max_new_tokens: int = 512,
-             greedy: bool = True) -> str:
+             greedy: bool = True, streamer=None) -> str:
         """Image understanding / plain chat: no ThinkGen system prompt, add_generation_prompt=True.
 
         messages: a str (one user turn) or chat messages [{"role", "content"}]; content may hold {"type": "image"}
         parts, one per image in `images`. The reference decodes near-greedily (top_k=1); we decode greedily.
-        greedy=False samples with Qwen's instruct settings (T=0.7, top_p=0.8, top_k=20).
+        greedy=False samples with Qwen's instruct settings (T=0.7, top_p=0.8, top_k=20). ``streamer``: a transformers
+        streamer (e.g. TextIteratorStreamer) that receives the reply's tokens as they are generated.
         """
         if isinstance(messages, str):
             content = [{"type": "image"} for _ in (images or [])] + [{"type": "text", "text": messages}]
@@ -790,7 +791,8 @@ class ThinkGenMLLM:
             top_k=50 if greedy else 20, top_p=1.0 if greedy else 0.8, repetition_penalty=1.0,
             eos_token_id=[self.ids[IM_END], self.ids[PAD_TOKEN]], pad_token_id=self.ids[PAD_TOKEN], bos_token_id=None,
         )
-        out = self.model.generate(**batch, generation_config=gen_cfg, synced_gpus=synced_generation(self.model))
+        out = self.model.generate(**batch, generation_config=gen_cfg, synced_gpus=synced_generation(self.model),
+                                  streamer=streamer)
         sequences = out if isinstance(out, Tensor) else out.sequences
         return self.tokenizer.decode(sequences[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
 

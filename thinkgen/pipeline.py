@@ -528,10 +528,11 @@ class ThinkGenPipeline:
 
     # ------------------------------------------------------------------ understanding
     @torch.no_grad()
-    def chat(self, messages, images=None, *, max_new_tokens: int = 512) -> str:
+    def chat(self, messages, images=None, *, max_new_tokens: int = 512, streamer=None) -> str:
         """Image understanding / chat with the MLLM (no ThinkGen system prompt, greedy decoding).
 
-        ``messages``: a string (one user turn) or a list of {"role", "content"} dicts.
+        ``messages``: a string (one user turn) or a list of {"role", "content"} dicts. ``streamer``: a transformers
+        streamer that receives the reply as it is generated (the server streams it to clients).
         """
         if isinstance(messages, str):
             if not messages.strip():
@@ -551,4 +552,4 @@ class ThinkGenPipeline:
         if len(imgs) > MAX_REFERENCE_IMAGES:
             raise InvalidInputError(f"{len(imgs)} images given; at most {MAX_REFERENCE_IMAGES} are supported")
         _check_int("max_new_tokens", max_new_tokens, 1, 32768)
-        return self.mllm.chat(messages, imgs, max_new_tokens=max_new_tokens)
+        return self.mllm.chat(messages, imgs, max_new_tokens=max_new_tokens, streamer=streamer)

@@ -14,7 +14,8 @@ which the pipeline decides per call). Only the queue's worker thread touches the
 
 Endpoints (``create_app``): ``POST /v1/images/generations``, ``POST /v1/images/edits`` (multipart as the OpenAI
 client sends it, or JSON with base64 / data-URL images), ``POST /v1/chat/completions`` (image understanding, data-URL
-images, the thoughts in ``reasoning_content``), ``GET /v1/models``, ``GET /health``, and the Gradio UI at ``/ui``.
+images, the thoughts in ``reasoning_content``), ``GET /v1/models``, ``GET /health``, and the Gradio UI at ``/ui``. Chat streams
+server-sent events with ``"stream": true``.
 Needs the ``serve`` extra: ``pip install 'thinkgen[serve]'``.
 """
 import base64
@@ -377,6 +378,59 @@ def _explain(err) -> str:
     return "; ".join(lines)
 
 
+class ThinkSplitter:
+    """Splits streamed reply text into ("reasoning_content", piece) inside ``<think>...</think>`` and ("content",
+    piece) after it, holding back a partial tag that a chunk boundary cut."""
+
+    def __init__(self):
+        from .tokenization import THINK_END, THINK_START
+
+        self.start, self.end = THINK_START, THINK_END
+        self.buf, self.state = "", "before"       # before -> think -> after_think -> answer
+
+    def feed(self, text: str) -> list[tuple[str, str]]:
+        self.buf += text
+        out: list[tuple[str, str]] = []
+        while True:
+            if self.state == "before":
+                head = self.buf.lstrip()
+                if head.startswith(self.start):
+                    self.buf, self.state = head[len(self.start):].lstrip(), "think"
+                elif self.start.startswith(head):     # "", "<", "<thi": wait for more
+                    return out
+                else:
+                    self.state = "answer"
+            elif self.state == "think":
+                i = self.buf.find(self.end)
+                if i >= 0:
+                    if self.buf[:i].rstrip():
+                        out.append(("reasoning_content", self.buf[:i].rstrip()))
+                    self.buf, self.state = self.buf[i + len(self.end):], "after_think"
+                    continue
+                keep = next((k for k in range(min(len(self.end) - 1, len(self.buf)), 0, -1)
+                             if self.end.startswith(self.buf[-k:])), 0)
+                if len(self.buf) > keep:
+                    out.append(("reasoning_content", self.buf[:len(self.buf) - keep]))
+                    self.buf = self.buf[len(self.buf) - keep:]
+                return out
+            elif self.state == "after_think":
+                self.buf = self.buf.lstrip()
+                if not self.buf:
+                    return out
+                self.state = "answer"
+            else:
+                if self.buf:
+                    out.append(("content", self.buf))
+                    self.buf = ""
+                return out
+
+    def flush(self) -> list[tuple[str, str]]:
+        rest, self.buf = self.buf, ""
+        if not rest.strip():
+            return []
+        return [("reasoning_content" if self.state == "think" else "content", rest.rstrip())]
+
+
 # ----------------------------------------------------------------------------------------------------- the service
 class ThinkGenService:
     """Turns validated API requests into queue jobs and results into API responses (no HTTP here)."""
@@ -451,16 +505,14 @@ class ThinkGenService:
                          "batch_prompts": r.batch_prompts})
         return {"created": int(time.time()), "data": data, "thinkgen": meta[0] if len(meta) == 1 else meta}
 
-    def chat_call(self, body: dict) -> tuple[Callable[[], str], Any]:
-        """Validate a chat request; returns the model call to queue and the request."""
+    def chat_call(self, body: dict, streamer=None) -> tuple[Callable[[], str], Any]:
+        """Validate a chat request; returns the model call to queue (feeding ``streamer`` if given) and the request."""
         req = self._validate(self.ChatRequest, body)
-        if req.stream:
-            raise InvalidInputError("stream=true is not supported; send stream=false (the reply comes whole)")
         if req.n != 1:
             raise InvalidInputError(f"n must be 1 for chat (decoding is greedy), got {req.n}")
         messages, images = self._chat_messages(req.messages)
         max_new = req.max_completion_tokens or req.max_tokens or 512
-        return (lambda: self.pipe.chat(messages, images, max_new_tokens=max_new)), req
+        return (lambda: self.pipe.chat(messages, images, max_new_tokens=max_new, streamer=streamer)), req
 
     def _chat_messages(self, raw: list[dict]):
         from .images import load_image
@@ -495,6 +547,45 @@ class ThinkGenService:
         if not any(m["role"] == "user" for m in messages):
             raise InvalidInputError("messages has no user message; add one")
         return messages, images
+
+    def chat_stream(self, streamer, future: Future):
+        """Server-sent events of an OpenAI chat completion: the reasoning as ``reasoning_content`` deltas, then the
+        answer as ``content`` deltas, a final chunk with ``finish_reason``, then ``[DONE]``. A failure of the queued
+        call ends the stream with an ``error`` event."""
+        import queue as _queue
+
+        cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+
+        def event(delta: dict, finish: str | None = None) -> str:
+            return "data: " + json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
+                                          "model": self.model_name,
+                                          "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
+
+        def failed() -> str:
+            return "data: " + json.dumps({"error": {"message": str(future.exception()), "type": "server_error"}}) + "\n\n"
+
+        yield event({"role": "assistant", "content": ""})
+        split = ThinkSplitter()
+        while True:
+            try:
+                text = next(streamer)
+            except StopIteration:
+                break
+            except _queue.Empty:                          # still queued or thinking: is the call alive?
+                if future.done() and future.exception() is not None:
+                    yield failed()
+                    yield "data: [DONE]\n\n"
+                    return
+                continue
+            for kind, piece in split.feed(text):
+                yield event({kind: piece})
+        for kind, piece in split.flush():
+            yield event({kind: piece})
+        if future.exception() is not None:                # waits for the call to return
+            yield failed()
+        else:
+            yield event({}, "length" if split.state == "think" else "stop")
+        yield "data: [DONE]\n\n"
 
     def chat_response(self, reply: str) -> dict:
         """OpenAI chat completion; the model's reasoning goes to ``reasoning_content`` (as vLLM / DeepSeek do)."""
@@ -632,7 +723,16 @@ def create_app(pipe, *, model_name: str | None = None, max_batch_images: int = 8
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         async def work():
-            fn, _ = service.chat_call(await json_body(request))
+            body = await json_body(request)
+            if isinstance(body, dict) and body.get("stream") is True:
+                from fastapi.responses import StreamingResponse
+                from transformers import TextIteratorStreamer
+
+                streamer = TextIteratorStreamer(pipe.mllm.tokenizer, skip_prompt=True, skip_special_tokens=True,
+                                                timeout=0.5)
+                fn, _ = service.chat_call(body, streamer)        # validates before the stream starts
+                return StreamingResponse(service.chat_stream(streamer, queue.call(fn)), media_type="text/event-stream")
+            fn, _ = service.chat_call(body)
             reply = await asyncio.wrap_future(queue.call(fn))
             return service.chat_response(reply)
         return await run(work)
