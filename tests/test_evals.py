@@ -484,3 +484,17 @@ def test_risebench_generate_then_score_through_an_http_judge(tmp_path, judge_url
         bad = tmp_path / "bad.json"
         bad.write_text(json.dumps([{"index": "x", "category": "funny", "instruction": "i", "image": "a.png"}]))
         rb.load_items(bad)
+
+
+def test_parallel_judging_keeps_order_and_refuses_bad_worker_counts():
+    import time as _time
+
+    from thinkgen.evals.common import parallel_map
+
+    def slow(x):
+        _time.sleep(0.02 * (5 - x))       # later items finish first
+        return x * x
+
+    assert parallel_map(slow, list(range(5)), 5, "t", progress=False) == [0, 1, 4, 9, 16]
+    with pytest.raises(InvalidInputError, match="judge workers"):
+        parallel_map(slow, [1], 0, "t", progress=False)

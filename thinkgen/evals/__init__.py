@@ -88,6 +88,7 @@ def _parser(bench: str) -> argparse.ArgumentParser:
         s.add_argument("--judge-url", required=True, help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
         s.add_argument("--judge-model", required=True, help="the model name the endpoint serves")
         s.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+        s.add_argument("--judge-workers", type=int, default=4, help="judge requests in flight at once")
     return p
 
 
@@ -170,7 +171,8 @@ def _score(bench: str, args, argv) -> int:
         parity = not args.no_parity
         questions = load_questions(args.csv, parity=parity)
         judge = _judge(args)
-        records, missing, failed = score_folder(args.images, questions, judge, parity=parity)
+        records, missing, failed = score_folder(args.images, questions, judge, parity=parity,
+                                                workers=args.judge_workers)
         meta.update(vqa=f"{args.judge_model} at {args.judge_url}", parity=parity, note="official VQA: mPLUG-large")
         summary = summarise(records, missing, failed)
         table = [(f"L1 {k}", v) for k, v in summary["l1"].items()] + [("DPG-Bench", summary["dpg_score"])]
@@ -178,7 +180,7 @@ def _score(bench: str, args, argv) -> int:
         from .imgedit import score_folder, summarise
 
         records, missing, unparsed = score_folder(args.images, args.data, args.source_root, args.judge_prompts,
-                                                  _judge(args))
+                                                  _judge(args), workers=args.judge_workers)
         meta.update(judge=f"{args.judge_model} at {args.judge_url}", judge_prompts=str(args.judge_prompts),
                     note="official judge: GPT-4o (later papers: GPT-4.1); open: ImgEdit-Judge")
         summary = summarise(records, missing, unparsed)
@@ -186,7 +188,7 @@ def _score(bench: str, args, argv) -> int:
     elif bench == "gedit":
         from .gedit import score_folder, summarise
 
-        records, missing, unparsed = score_folder(args.images, args.data, _judge(args))
+        records, missing, unparsed = score_folder(args.images, args.data, _judge(args), workers=args.judge_workers)
         meta.update(judge=f"{args.judge_model} at {args.judge_url}", judge_prompts="thinkgen.evals.gedit SC/PQ_PROMPT",
                     note="official judges: GPT-4.1 or Qwen2.5-VL-72B-Instruct-AWQ")
         summary = summarise(records, missing, unparsed)
@@ -200,7 +202,7 @@ def _score(bench: str, args, argv) -> int:
 
         records, missing, unparsed = score_folder(args.images, args.data, _judge(args),
                                                   fixed_accuracy=not args.accuracy_before_fix,
-                                                  nan_truthy=args.nan_truthy)
+                                                  nan_truthy=args.nan_truthy, workers=args.judge_workers)
         meta.update(judge=f"{args.judge_model} at {args.judge_url}", judge_prompts="thinkgen.evals.risebench.PROMPTS",
                     accuracy_fix=not args.accuracy_before_fix, nan_truthy=args.nan_truthy,
                     note="official judge: gpt-4.1-2025-04-14 with the authors' prompts")
@@ -210,7 +212,7 @@ def _score(bench: str, args, argv) -> int:
     else:
         from .wise import score_folder, summarise
 
-        records, missing, unparsed = score_folder(args.images, args.data, _judge(args))
+        records, missing, unparsed = score_folder(args.images, args.data, _judge(args), workers=args.judge_workers)
         meta.update(judge=f"{args.judge_model} at {args.judge_url}", judge_prompt="thinkgen.evals.wise.JUDGE_PROMPT",
                     note="official judge: GPT-4o-2024-05-13 with the authors' rubric")
         summary = summarise(records, missing, unparsed)

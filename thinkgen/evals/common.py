@@ -160,17 +160,41 @@ def progress_bar(total: int, desc: str, unit: str, enabled: bool = True):
     return tqdm(total=total, desc=desc, unit=unit)
 
 
-def present_outputs(rows: list, path_of: Callable[[Any], Path], desc: str, progress: bool, missing: list):
-    """Yield (row, image path) for the rows whose image exists; the others' paths go to ``missing``."""
-    bar = progress_bar(len(rows), desc, "image", progress)
+def present_outputs(rows: list, path_of: Callable[[Any], Path], missing: list) -> list[tuple[Any, Path]]:
+    """(row, image path) for the rows whose image exists; the others' paths go to ``missing``."""
+    found = []
     for r in rows:
-        bar.update(1)
         path = Path(path_of(r))
         if path.is_file():
-            yield r, path
+            found.append((r, path))
         else:
             missing.append(str(path))
+    return found
+
+
+def parallel_map(fn: Callable[[Any], Any], items: list, workers: int, desc: str, progress: bool = True) -> list:
+    """``[fn(x) for x in items]`` on ``workers`` threads (judge requests are I/O-bound), in order, with a bar."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InvalidInputError(f"judge workers must be an integer >= 1, got {workers!r}")
+    bar = progress_bar(len(items), desc, "image", progress)
+    out = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for res in pool.map(fn, items):
+            out.append(res)
+            bar.update(1)
     bar.close()
+    return out
+
+
+def judge_present(present: list[tuple[Any, Path]], fn: Callable, workers: int, desc: str, progress: bool,
+                  key: Callable[[Any], Any]) -> tuple[list, list]:
+    """Run ``fn((row, path))`` over ``present`` on ``workers`` threads: (the records, in order; the keys of the rows
+    for which ``fn`` returned None, i.e. the judge never gave a usable reply)."""
+    results = parallel_map(fn, present, workers, desc, progress)
+    return ([rec for rec in results if rec is not None],
+            [key(row) for (row, _), rec in zip(present, results) if rec is None])
 
 
 def mean(values) -> float | None:

@@ -27,7 +27,7 @@ from typing import Any, Callable
 from PIL import Image
 
 from ..errors import InvalidInputError
-from .common import GenItem, grid_2x2, mean, progress_bar
+from .common import GenItem, grid_2x2, judge_present, mean, present_outputs
 
 VQA_SUFFIX = " Answer yes or no."
 
@@ -90,19 +90,17 @@ def crops(grid: Image.Image) -> list[Image.Image]:
 
 
 def score_folder(folder: Path, questions: dict[str, list[dict]], vqa: Callable[[Image.Image, str], str],
-                 parity: bool = True, progress: bool = True) -> tuple[list[dict], list[str], list[str]]:
-    records, missing, failed = [], [], []
-    bar = progress_bar(len(questions), "dpg score", "image", progress)
-    for item_id, qs in questions.items():
-        bar.update(1)
-        path = Path(folder) / f"{item_id}.png"
-        if not path.is_file():
-            missing.append(item_id)
-            continue
+                 parity: bool = True, workers: int = 4, progress: bool = True
+                 ) -> tuple[list[dict], list[str], list[str]]:
+    missing, failed = [], []
+    present = present_outputs(list(questions.items()), lambda item: Path(folder) / f"{item[0]}.png", missing)
+    missing[:] = [Path(m).stem for m in missing]
+
+    def one(entry):
+        (item_id, qs), path = entry
         known = {q["qid"] for q in qs}
         if any(p != 0 and p not in known for q in qs for p in q["parents"]):
-            failed.append(item_id)     # a parent question is missing (parity: the skipped first row): as official
-            continue
+            return None        # a parent question is missing (parity: the skipped first row): dropped, as official
         per_crop, cats = [], defaultdict(list)
         for k, crop in enumerate(crops(Image.open(path).convert("RGB"))):
             answers = {q["qid"]: vqa(crop, q["question"] + VQA_SUFFIX) for q in qs}
@@ -112,12 +110,11 @@ def score_folder(folder: Path, questions: dict[str, list[dict]], vqa: Callable[[
                 source = orig if parity else scores
                 for q in qs:
                     cats[q["l2"]].append(source[q["qid"]])
-        records.append({"item_id": item_id, "score": mean(per_crop), "crops": per_crop,
-                        "categories": dict(cats),          # per question, averaged over questions in summarise
-                        "l1": {q["l1"] for q in qs}})
-    bar.close()
-    for r in records:
-        r["l1"] = sorted(r["l1"])
+        return {"item_id": item_id, "score": mean(per_crop), "crops": per_crop,
+                "categories": dict(cats),          # per question, averaged over questions in summarise
+                "l1": sorted({q["l1"] for q in qs})}
+
+    records, failed = judge_present(present, one, workers, "dpg score", progress, lambda item: item[0])
     return records, missing, failed
 
 

@@ -29,7 +29,7 @@ from typing import Any, Callable
 from PIL import Image
 
 from ..errors import InvalidInputError
-from .common import GenItem, mean, present_outputs
+from .common import GenItem, judge_present, mean, present_outputs
 
 SC_PROMPT = """You are a strict judge of image edits. The first image is the original, the second is the result of
 editing it with this instruction: "{instruction}".
@@ -135,23 +135,28 @@ def _ask(judge, images, text, tries) -> list[float] | None:
     return None
 
 
-def score_folder(folder: Path, data, judge: Callable, tries: int = 3, progress: bool = True):
-    rows = load_manifest(data)
-    records, missing, unparsed = [], [], []
-    for r, path in present_outputs(rows, lambda r: output_path(folder, r), "gedit score", progress, missing):
+def score_folder(folder: Path, data, judge: Callable, tries: int = 3, workers: int = 4, progress: bool = True):
+    missing, unparsed = [], []
+    present = present_outputs(load_manifest(data), lambda r: output_path(folder, r), missing)
+
+    def one(item):
+        r, path = item
         source = Image.open(r["source_image"]).convert("RGB")
         edited = Image.open(path).convert("RGB").resize(source.size, Image.BICUBIC)
         sc = _ask(judge, [source, edited], SC_PROMPT.format(instruction=r["instruction"]), tries)
         pq = _ask(judge, [edited], PQ_PROMPT, tries)
-        key = f"{r['task_type']}/{r['instruction_language']}/{r['key']}"
         if sc is None or pq is None:
-            unparsed.append(key)
-            continue
-        SC, PQ = min(sc), min(pq)
-        records.append({"key": key, "task_type": r["task_type"], "language": r["instruction_language"],
-                        "intersection": bool(r.get("Intersection_exist")), "sc": SC, "pq": PQ,
-                        "o": math.sqrt(SC * PQ), "sc_scores": sc, "pq_scores": pq})
+            return None
+        return {"key": _key(r), "task_type": r["task_type"], "language": r["instruction_language"],
+                "intersection": bool(r.get("Intersection_exist")), "sc": min(sc), "pq": min(pq),
+                "o": math.sqrt(min(sc) * min(pq)), "sc_scores": sc, "pq_scores": pq}
+
+    records, unparsed = judge_present(present, one, workers, "gedit score", progress, _key)
     return records, missing, unparsed
+
+
+def _key(r: dict) -> str:
+    return f"{r['task_type']}/{r['instruction_language']}/{r['key']}"
 
 
 def summarise(records: list[dict], missing: list[str], unparsed: list[str]) -> dict[str, Any]:

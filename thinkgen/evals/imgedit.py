@@ -23,7 +23,7 @@ from typing import Any, Callable
 from PIL import Image
 
 from ..errors import InvalidInputError
-from .common import GenItem, mean, progress_bar
+from .common import GenItem, judge_present, mean, present_outputs
 
 TYPES = ("add", "adjust", "extract", "replace", "remove", "background", "style", "compose", "action")
 
@@ -63,38 +63,32 @@ def parse_reply(reply: str) -> list[int]:
     return values
 
 
-def score_folder(folder: Path, data, source_root, judge_prompts, judge: Callable, tries: int = 3,
+def score_folder(folder: Path, data, source_root, judge_prompts, judge: Callable, tries: int = 3, workers: int = 4,
                  progress: bool = True) -> tuple[list[dict], list[str], list[str]]:
     path = Path(judge_prompts) if judge_prompts else None
     if path is None or not path.is_file():
         raise InvalidInputError(f"--judge-prompts must be ImgEdit's Benchmark/Basic/prompts.json, got {judge_prompts}")
     templates = json.loads(path.read_text(encoding="utf-8"))
-    rows = load_items(data)
-    records, missing, unparsed = [], [], []
-    bar = progress_bar(len(rows), "imgedit score", "image", progress)
-    for key, r in rows.items():
-        bar.update(1)
-        edited = Path(folder) / f"{key}.png"
-        if not edited.is_file():
-            missing.append(key)
-            continue
+    rows = [{"key": k, **v} for k, v in load_items(data).items()]
+    for r in rows:
         if r["edit_type"] not in templates:
             raise InvalidInputError(f"{path} has no judge prompt for edit type {r['edit_type']!r}")
+    missing, unparsed = [], []
+    present = present_outputs(rows, lambda r: Path(folder) / f"{r['key']}.png", missing)
+
+    def one(item):
+        r, edited = item
         text = templates[r["edit_type"]].replace("<edit_prompt>", r["prompt"])
-        source = Image.open(Path(source_root) / r["id"]).convert("RGB")
-        image = Image.open(edited).convert("RGB")
-        values, reply = [], ""
+        images = [Image.open(Path(source_root) / r["id"]).convert("RGB"), Image.open(edited).convert("RGB")]
         for _ in range(tries):
-            reply = judge([source, image], text)
+            reply = judge(images, text)
             values = parse_reply(reply)
             if values:
-                break
-        if not values:
-            unparsed.append(key)
-            continue
-        records.append({"key": key, "edit_type": r["edit_type"], "values": values,
-                        "score": round(mean(values), 2), "reply": reply})
-    bar.close()
+                return {"key": r["key"], "edit_type": r["edit_type"], "values": values,
+                        "score": round(mean(values), 2), "reply": reply}
+        return None
+
+    records, unparsed = judge_present(present, one, workers, "imgedit score", progress, lambda r: r["key"])
     return records, missing, unparsed
 
 

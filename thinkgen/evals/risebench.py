@@ -28,7 +28,7 @@ from typing import Any, Callable
 from PIL import Image
 
 from ..errors import InvalidInputError
-from .common import GenItem, mean, present_outputs
+from .common import GenItem, judge_present, mean, present_outputs
 
 CATEGORIES = ("temporal_reasoning", "causal_reasoning", "spatial_reasoning", "logical_reasoning")
 _FINAL = re.compile(r"\*?\*?Final Scores?\*?\*?:?\s*([\d*\s,\n]*)", re.IGNORECASE)
@@ -154,21 +154,23 @@ def judge_item(r: dict, source: Image.Image, output: Image.Image, judge: Callabl
 
 
 def score_folder(folder: Path, data, judge: Callable, tries: int = 3, fixed_accuracy: bool = True,
-                 nan_truthy: bool = False, progress: bool = True):
-    rows = load_items(data)
-    records, missing, unparsed = [], [], []
-    for r, path in present_outputs(rows, lambda r: output_path(folder, r), "risebench score", progress, missing):
+                 nan_truthy: bool = False, workers: int = 4, progress: bool = True):
+    missing, unparsed = [], []
+    present = present_outputs(load_items(data), lambda r: output_path(folder, r), missing)
+
+    def one(item):
+        r, path = item
         j = judge_item(r, Image.open(r["image"]).convert("RGB"), Image.open(path).convert("RGB"), judge, tries,
                        nan_truthy)
         if j is None:
-            unparsed.append(r["index"])
-            continue
+            return None
         cat, free = r["category"], j["consistency_free"]
         s = sample_score(cat, j["consistency"], j["reasoning"], j["plausibility"], free)
-        records.append({"index": r["index"], "category": cat, "subtask": r.get("subtask"), **j, "score": s,
-                        "score_pct": 25 * (s - 1),
-                        "complete": complete(cat, j["consistency"], j["reasoning"], j["plausibility"], free,
-                                             fixed_accuracy)})
+        return {"index": r["index"], "category": cat, "subtask": r.get("subtask"), **j, "score": s,
+                "score_pct": 25 * (s - 1),
+                "complete": complete(cat, j["consistency"], j["reasoning"], j["plausibility"], free, fixed_accuracy)}
+
+    records, unparsed = judge_present(present, one, workers, "risebench score", progress, lambda r: r["index"])
     return records, missing, unparsed
 
 

@@ -25,7 +25,7 @@ from typing import Any, Callable
 from PIL import Image
 
 from ..errors import InvalidInputError
-from .common import GenItem, mean, present_outputs
+from .common import GenItem, judge_present, mean, present_outputs
 
 FILES = ("cultural_common_sense.json", "spatio-temporal_reasoning.json", "natural_science.json")
 CATEGORIES = (("CULTURE", 1, 400, 0.4), ("TIME", 401, 567, 0.167), ("SPACE", 568, 700, 0.133),
@@ -96,24 +96,24 @@ def category(prompt_id: int) -> str | None:
     return next((name for name, lo, hi, _ in CATEGORIES if lo <= prompt_id <= hi), None)
 
 
-def score_folder(folder: Path, data, judge: Callable[[Image.Image, str], str], tries: int = 3,
+def score_folder(folder: Path, data, judge: Callable[[Image.Image, str], str], tries: int = 3, workers: int = 4,
                  progress: bool = True) -> tuple[list[dict], list[str], list[int]]:
-    rows = load_prompts(data)
-    records, missing, unparsed = [], [], []
-    for r, path in present_outputs(rows, lambda r: Path(folder) / f"{r['id']}.png", "wise score", progress, missing):
+    missing, unparsed = [], []
+    present = present_outputs(load_prompts(data), lambda r: Path(folder) / f"{r['id']}.png", missing)
+
+    def one(item):
+        r, path = item
         image = Image.open(path).convert("RGB")
         text = JUDGE_PROMPT.format(prompt=r["prompt"], explanation=r["explanation"])
-        scores, reply = None, ""
         for _ in range(tries):
             reply = judge(image, text)
             scores = parse_scores(reply)
             if scores is not None:
-                break
-        if scores is None:
-            unparsed.append(r["id"])
-            continue
-        records.append({"id": r["id"], "category": category(r["id"]), "scores": scores, "wiscore": wiscore(scores),
-                        "reply": reply})
+                return {"id": r["id"], "category": category(r["id"]), "scores": scores, "wiscore": wiscore(scores),
+                        "reply": reply}
+        return None
+
+    records, unparsed = judge_present(present, one, workers, "wise score", progress, lambda r: r["id"])
     return records, missing, unparsed
 
 
