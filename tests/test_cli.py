@@ -85,3 +85,43 @@ def test_info_and_chat(tiny_ckpt, capsys):
 def test_help_runs():
     r = subprocess.run([sys.executable, "-m", "thinkgen.cli", "generate", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--think" in r.stdout and "--out" in r.stdout
+
+
+def test_prompts_file_batches_resumes_and_gives_each_line_its_own_seed(tiny_ckpt, tmp_path, capsys):
+    txt = tmp_path / "prompts.txt"
+    txt.write_text("a red circle\n\na blue square\na green star\n")
+    out = tmp_path / "o"
+    assert _gen(tiny_ckpt, out, "--prompts-file", str(txt), "--batch-size", "2", "--num-images", "2") == 0
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["00000-a-red-circle-0.png", "00000-a-red-circle-1.png", "00001-a-blue-square-0.png",
+                    "00001-a-blue-square-1.png", "00002-a-green-star-0.png", "00002-a-green-star-1.png"]
+    seeds = [json.loads((out / p.replace(".png", ".json")).read_text())["seed"] for p in pngs]
+    assert seeds == [0, 1, 2, 3, 4, 5]
+    # one line done by batch size 1 equals the batch-2 result (seeds depend on the line, not the batch)
+    (out / "00002-a-green-star-0.png").unlink()
+    capsys.readouterr()
+    assert _gen(tiny_ckpt, tmp_path / "solo", "--prompts-file", str(txt), "--batch-size", "1", "--num-images", "2") == 0
+    assert _gen(tiny_ckpt, out, "--prompts-file", str(txt), "--num-images", "2") == 0
+    assert "skipping 2 prompts" in capsys.readouterr().out
+    a, b = (Image.open(d / "00002-a-green-star-0.png") for d in (out, tmp_path / "solo"))
+    assert a.tobytes() == b.tobytes()
+
+
+def test_prompts_file_jsonl_names_seeds_and_errors(tiny_ckpt, tmp_path, capsys):
+    jl = tmp_path / "p.jsonl"
+    jl.write_text(json.dumps({"prompt": "a cat", "seed": 42, "name": "cat"}) + "\n" + json.dumps({"prompt": "a dog"}) + "\n")
+    assert _gen(tiny_ckpt, tmp_path / "o", "--prompts-file", str(jl)) == 0
+    assert json.loads((tmp_path / "o" / "cat.json").read_text())["seed"] == 42
+    assert json.loads((tmp_path / "o" / "00001-a-dog.json").read_text())["seed"] == 1
+    capsys.readouterr()
+    for text, words in [('{"prompt": 3}\n', 'needs a "prompt" string'), ("{bad\n", "p.jsonl:1 is not JSON"),
+                        ('{"prompt": "x", "name": "../x"}\n', "name must be"),
+                        ('{"prompt": "x", "name": "a"}\n{"prompt": "y", "name": "a"}\n', "used twice")]:
+        jl.write_text(text)
+        assert _gen(tiny_ckpt, tmp_path / "bad", "--prompts-file", str(jl)) == 2
+        assert words in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    assert _gen(tiny_ckpt, tmp_path / "bad", "a cat", "--prompts-file", str(jl)) == 2
+    assert "not both" in capsys.readouterr().err
+    assert _gen(tiny_ckpt, tmp_path / "bad") == 2
+    assert "--prompts-file" in capsys.readouterr().err

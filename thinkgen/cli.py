@@ -69,6 +69,7 @@ def _add_gen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--negative-prompt", default=None, help="negative prompt (default: the reference one)")
     p.add_argument("--num-images", type=int, default=1, help="images per prompt")
     p.add_argument("--seed", type=int, default=0, help="noise and think seed (image j of a prompt uses seed + j)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per pipeline call (memory vs speed)")
     p.add_argument("--max-think-tokens", type=int, default=None, help="think budget in tokens")
     p.add_argument("--max-answer-tokens", type=int, default=None,
                    help="budget for the instruction written after </think> (default 256)")
@@ -104,11 +105,18 @@ def _load(args):
     return pipe.compile() if getattr(args, "compile", False) else pipe
 
 
-def _run_generation(args, prompts: list[str], images) -> int:
+def _run_generation(args, prompts: list[str], images, *, seeds: list[int] | None = None,
+                    stems: list[str] | None = None) -> int:
+    """Render ``prompts`` in pipeline calls of ``--batch-size`` prompts, writing each call's images before the next.
+
+    ``seeds``/``stems``: per prompt (a prompts file); otherwise every prompt uses ``--seed`` and names follow the
+    prompt text."""
     from .images import save_png_atomic
     from .pipeline import _as_prompts
 
     _as_prompts(prompts)  # validate before loading anything
+    if args.batch_size < 1:
+        raise InvalidInputError(f"--batch-size must be >= 1, got {args.batch_size}")
     t0 = time.perf_counter()
     pipe = _load(args)
     load_s = time.perf_counter() - t0
@@ -122,51 +130,115 @@ def _run_generation(args, prompts: list[str], images) -> int:
         cfg_range=tuple(args.cfg_range) if args.cfg_range is not None else None,
         negative_prompt=args.negative_prompt,
         num_images_per_prompt=args.num_images,
-        seed=args.seed,
         max_think_tokens=args.max_think_tokens,
         max_answer_tokens=args.max_answer_tokens,
         progress=not args.quiet,
     )
-    out = pipe(prompts if len(prompts) > 1 else prompts[0], images=images, **kwargs)
     args.out.mkdir(parents=True, exist_ok=True)
     n_per = args.num_images
+    multi = len(prompts) * n_per > 1
     written = []
-    for k, img in enumerate(out.images):
-        b, j = divmod(k, n_per)
-        stem = args.name or _slug(prompts[b])
-        if len(out.images) > 1:
-            stem = f"{stem}-{b}-{j}" if args.name else f"{stem}-{j}" if len(prompts) == 1 else f"{b:03d}-{stem}-{j}"
-        settings = dict(out.settings)
-        meta = {
-            "prompt": prompts[b],
-            "input_images": [str(p) for p in (images or [])] if isinstance(images, list) else [],
-            "thoughts": out.thoughts[b],
-            "instruction": out.instructions[b],
-            "think_finished": out.finished[b],
-            "seed": out.seeds[k],
-            "settings": {k2: (list(v) if isinstance(v, tuple) else v) for k2, v in settings.items()},
-            "model": pipe.name,
-            "timings_s": {"load": round(load_s, 3), **{k2: round(v, 3) for k2, v in out.timings.items()}},
-            "size": list(img.size),
-        }
-        png, side = args.out / f"{stem}.png", args.out / f"{stem}.json"
-        save_png_atomic(img, png, text={"thinkgen": json.dumps({"prompt": prompts[b], "seed": out.seeds[k]})})
-        tmp = side.with_name(f".{side.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-        os.replace(tmp, side)
-        written.append(png)
-    if not args.quiet:
-        for b, p in enumerate(prompts):
-            if args.think != "off":
-                print(f"[{b}] thoughts: {out.thoughts[b].strip()}")
-            print(f"[{b}] instruction: {out.instructions[b].strip()}")
-    for p in written:
-        print(f"wrote {p}")
+    for start in range(0, len(prompts), args.batch_size):
+        idx = list(range(start, min(start + args.batch_size, len(prompts))))
+        batch = [prompts[b] for b in idx]
+        seed = [seeds[b] for b in idx] if seeds is not None else args.seed
+        out = pipe(batch if len(batch) > 1 else batch[0], images=images, seed=seed, **kwargs)
+        for k, img in enumerate(out.images):
+            i, j = divmod(k, n_per)
+            b = idx[i]
+            if stems is not None:
+                stem = stems[b] + (f"-{j}" if n_per > 1 else "")
+            else:
+                stem = args.name or _slug(prompts[b])
+                if multi:
+                    stem = f"{stem}-{b}-{j}" if args.name else f"{stem}-{j}" if len(prompts) == 1 else f"{b:03d}-{stem}-{j}"
+            meta = {
+                "prompt": prompts[b],
+                "input_images": [str(p) for p in (images or [])] if isinstance(images, list) else [],
+                "thoughts": out.thoughts[i],
+                "instruction": out.instructions[i],
+                "think_finished": out.finished[i],
+                "seed": out.seeds[k],
+                "settings": {k2: (list(v) if isinstance(v, tuple) else v) for k2, v in out.settings.items()},
+                "model": pipe.name,
+                "timings_s": {"load": round(load_s, 3), **{k2: round(v, 3) for k2, v in out.timings.items()}},
+                "size": list(img.size),
+            }
+            png, side = args.out / f"{stem}.png", args.out / f"{stem}.json"
+            save_png_atomic(img, png, text={"thinkgen": json.dumps({"prompt": prompts[b], "seed": out.seeds[k]})})
+            tmp = side.with_name(f".{side.name}.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+            os.replace(tmp, side)
+            written.append(png)
+        if not args.quiet:
+            for i, b in enumerate(idx):
+                if args.think != "off":
+                    print(f"[{b}] thoughts: {out.thoughts[i].strip()}")
+                print(f"[{b}] instruction: {out.instructions[i].strip()}")
+        for p in written[-len(out.images):]:
+            print(f"wrote {p}")
     return 0
 
 
+def read_prompts_file(path: Path, base_seed: int, n_per: int) -> tuple[list[str], list[int], list[str]]:
+    """A .txt file (one prompt per non-empty line) or .jsonl ({"prompt", optional "seed" and "name"} per line) ->
+    prompts, seeds (default: --seed + i * images per prompt, so no two lines share noise) and file stems."""
+    if not path.is_file():
+        raise InvalidInputError(f"--prompts-file {path} does not exist")
+    prompts, seeds, stems = [], [], []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        i = len(prompts)
+        if path.suffix == ".jsonl":
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InvalidInputError(f"{path}:{n} is not JSON ({e.msg}); write one object per line") from None
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+                raise InvalidInputError(f'{path}:{n} needs a "prompt" string, e.g. {{"prompt": "a red apple"}}')
+            seed = row.get("seed", base_seed + i * n_per)
+            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+                raise InvalidInputError(f"{path}:{n}: seed must be an integer >= 0, got {seed!r}")
+            name = row.get("name")
+            if name is not None and (not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", name)):
+                raise InvalidInputError(f"{path}:{n}: name must be 1-100 of A-Z a-z 0-9 . _ -, got {name!r}")
+            prompts.append(row["prompt"])
+            seeds.append(seed)
+            stems.append(name or f"{i:05d}-{_slug(row['prompt'])}")
+        else:
+            prompts.append(line.strip())
+            seeds.append(base_seed + i * n_per)
+            stems.append(f"{i:05d}-{_slug(line)}")
+    if not prompts:
+        raise InvalidInputError(f"--prompts-file {path} has no prompts")
+    if len(set(stems)) != len(stems):
+        dup = next(s for s in stems if stems.count(s) > 1)
+        raise InvalidInputError(f"--prompts-file {path}: the name {dup!r} is used twice; names must be unique")
+    return prompts, seeds, stems
+
+
 def cmd_generate(args) -> int:
-    return _run_generation(args, args.prompt, None)
+    if args.prompts_file is None:
+        if not args.prompt:
+            raise InvalidInputError("give one or more prompts, or --prompts-file FILE")
+        return _run_generation(args, args.prompt, None)
+    if args.prompt:
+        raise InvalidInputError("give prompts either on the command line or with --prompts-file, not both")
+    if args.name is not None:
+        raise InvalidInputError("--name applies to command-line prompts; name lines of a .jsonl file with \"name\"")
+    prompts, seeds, stems = read_prompts_file(args.prompts_file, args.seed, args.num_images)
+    suffixes = [f"-{j}" for j in range(args.num_images)] if args.num_images > 1 else [""]
+    todo = [i for i, st in enumerate(stems)
+            if not all((args.out / f"{st}{sx}.png").is_file() and (args.out / f"{st}{sx}.json").is_file()
+                       for sx in suffixes)]
+    if len(todo) < len(prompts):
+        print(f"skipping {len(prompts) - len(todo)} prompts whose images are already in {args.out}")
+    if not todo:
+        return 0
+    return _run_generation(args, [prompts[i] for i in todo], None, seeds=[seeds[i] for i in todo],
+                           stems=[stems[i] for i in todo])
 
 
 def cmd_edit(args) -> int:
@@ -282,7 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="text-to-image", epilog=EPILOG_GENERATE,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    g.add_argument("prompt", nargs="+", help="one or more prompts (each one image set)")
+    g.add_argument("prompt", nargs="*", help="one or more prompts (each one image set)")
+    g.add_argument("--prompts-file", type=Path, default=None,
+                   help="many prompts: a .txt file (one per line) or .jsonl ({\"prompt\", \"seed\", \"name\"} per line); "
+                        "prompts whose outputs exist are skipped, so a rerun resumes")
     _add_model_args(g)
     _add_gen_args(g)
     g.set_defaults(func=cmd_generate)
