@@ -126,6 +126,14 @@ def test_resume_after_kill_inside_checkpoint_write_lora_ema_cache(assets, tmp_pa
     changed = {k for k in base if not torch.equal(base[k], merged[k])}
     assert changed and all(k.rsplit(".", 2)[-2] in ("to_q", "to_k", "to_v", "0") for k in changed), changed
     ThinkGenTransformer2DModel.from_pretrained(straight / "transformer_ema")
+    # the exported adapter folder (adapter_config.json + tensors) merged into the base gives the merged export
+    from thinkgen.lora import merge_adapter
+
+    plain = ThinkGenTransformer2DModel.from_pretrained(assets[0] / "transformer")
+    assert merge_adapter(plain, straight / "transformer_lora")["r"] == 4
+    got = plain.state_dict()
+    for k, v in merged.items():
+        torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6)
 
 
 def test_feature_cache_gives_identical_training(assets, tmp_path):

@@ -118,6 +118,14 @@ def test_lora_sft_exports_merged_weights(assets, tmp_path):
     assert changed and all(k.split(".")[-2] in ("q_proj", "k_proj", "v_proj", "o_proj") for k in changed), changed
     assert (final / "mllm_lora" / "adapter.safetensors").is_file()
     ThinkGenMLLM.from_pretrained(final / "mllm", final / "processor")
+    # the exported adapter folder merged into the base MLLM gives the merged export (pipe.load_lora's path)
+    from thinkgen.lora import merge_adapter
+
+    base = ThinkGenMLLM.from_pretrained(assets[0] / "mllm", assets[0] / "processor")
+    assert merge_adapter(base.model, final / "mllm_lora")["modules"] > 0
+    got = base.model.state_dict()
+    for k in changed:
+        torch.testing.assert_close(got[k], after[k], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow

@@ -46,6 +46,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="keep the models on the CPU and move each to --device only for its stage (less GPU memory)")
     p.add_argument("--quantize", default=None, choices=["int8", "float8", "int4"],
                    help="weight-only quantization of the MLLM and the DiT (less memory; needs thinkgen[quant])")
+    p.add_argument("--lora", action="append", default=None, metavar="DIR",
+                   help="merge a LoRA adapter folder (a trainer's final/transformer_lora or final/mllm_lora); repeatable")
+    p.add_argument("--lora-scale", type=float, default=1.0, help="strength of every --lora adapter (default 1)")
 
 
 def _add_gen_args(p: argparse.ArgumentParser) -> None:
@@ -93,15 +96,18 @@ def _load(args):
             import optimum.quanto  # noqa: F401
         except ImportError:
             raise ThinkgenError("--quantize needs optimum-quanto: pip install 'thinkgen[quant]'") from None
+    for path in getattr(args, "lora", None) or []:
+        if not Path(path).is_dir():
+            raise InvalidInputError(f"--lora {path} is not a folder; pass a trainer's final/transformer_lora or "
+                                    "final/mllm_lora")
+    pipe = ThinkGenPipeline.from_pretrained(args.model, dtype=dtype,
+                                            device="cpu" if getattr(args, "cpu_offload", False) else device)
+    for path in getattr(args, "lora", None) or []:
+        pipe.load_lora(path, scale=args.lora_scale)
+    if getattr(args, "quantize", None):
+        pipe.quantize(args.quantize)
     if getattr(args, "cpu_offload", False):
-        pipe = ThinkGenPipeline.from_pretrained(args.model, dtype=dtype, device="cpu")
-        if getattr(args, "quantize", None):
-            pipe.quantize(args.quantize)
         pipe.enable_model_cpu_offload(device)
-    else:
-        pipe = ThinkGenPipeline.from_pretrained(args.model, dtype=dtype, device=device)
-        if getattr(args, "quantize", None):
-            pipe.quantize(args.quantize)
     return pipe.compile() if getattr(args, "compile", False) else pipe
 
 

@@ -282,6 +282,26 @@ class ThinkGenPipeline:
         self.transformer.compile_blocks(**compile_kwargs)
         return self
 
+    def load_lora(self, path, scale: float = 1.0, component: str | None = None) -> "ThinkGenPipeline":
+        """Merge a LoRA adapter folder (``final/transformer_lora`` or ``final/mllm_lora`` of a trainer; PEFT's
+        format) into the DiT or the MLLM (``component``; default: the folder's ``adapter_config.json``
+        "thinkgen_component", else its name). Before ``quantize``; reload the pipeline to remove it."""
+        from .lora import merge_adapter
+
+        if component is None:
+            cfg_path = Path(path) / "adapter_config.json"
+            cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+            component = cfg.get("thinkgen_component") or {"transformer_lora": "transformer",
+                                                          "mllm_lora": "mllm"}.get(Path(path).name)
+        if component not in ("transformer", "mllm"):
+            raise InvalidInputError(f"which component does LoRA adapter {path} adapt? pass component='transformer' "
+                                    f"or 'mllm' (got {component!r})")
+        if getattr(self, "quantization", None):
+            raise InvalidInputError("load LoRA adapters before quantizing the pipeline (its weights are quantized now)")
+        report = merge_adapter(self.transformer if component == "transformer" else self.mllm.model, path, scale)
+        self.loras = [*getattr(self, "loras", []), {**report, "component": component}]
+        return self
+
     def quantize(self, weights: str = "int8", components=("mllm", "transformer"), min_features: int = 32
                  ) -> "ThinkGenPipeline":
         """Weight-only quantization (int8, float8 or int4) of the MLLM's and the DiT's linear layers, in place
@@ -443,6 +463,8 @@ class ThinkGenPipeline:
         )
         if getattr(self, "quantization", None):
             settings["quantization"] = self.quantization["weights"]
+        if getattr(self, "loras", None):
+            settings["loras"] = [{k: l[k] for k in ("path", "scale", "component")} for l in self.loras]
 
         # -- 2. think / encode the instruction
         t1 = time.perf_counter()

@@ -34,6 +34,8 @@ def _parser(bench: str) -> argparse.ArgumentParser:
     g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     g.add_argument("--cpu-offload", action="store_true")
     g.add_argument("--quantize", default=None, choices=["int8", "float8", "int4"])
+    g.add_argument("--lora", action="append", default=None, metavar="DIR", help="merge a LoRA adapter (repeatable)")
+    g.add_argument("--lora-scale", type=float, default=1.0)
     g.add_argument("--compile", action="store_true")
     g.add_argument("--think", default="off", choices=["off", "on", "auto"])
     g.add_argument("--images-per-prompt", type=int, default=DEFAULT_IMAGES[bench])

@@ -338,11 +338,11 @@ def export_dit(cfg: DiTTrainConfig, st: TrainState, model_dir: Path, dit) -> Pat
         with atomic_dir(final, meta={"step": st.step, "kind": "dit"}) as d:
             merged = merge_lora_state(state, cfg.lora_alpha / cfg.lora_rank) if cfg.lora else state
             save_transformer_folder(d.path / "transformer", dit, merged)
-            if cfg.lora:
-                from safetensors.torch import save_file
+            if cfg.lora:   # adapter_config.json too: `pipe.load_lora` / PEFT can read the folder
+                from ..lora import save_adapter
 
-                (d.path / "transformer_lora").mkdir()
-                save_file(lora_state(state), str(d.path / "transformer_lora" / LORA_FILE))
+                save_adapter(d.path / "transformer_lora", lora_state(state), cfg.lora_rank, cfg.lora_alpha,
+                             cfg.lora_target_modules, "transformer")
             if ema_state is not None:
                 ema_full = {**state, **ema_state}
                 if cfg.lora:

@@ -347,11 +347,11 @@ def export_mllm(cfg: MLLMSFTConfig, st: TrainState, net, processor) -> Path:
             merged = merge_lora_state(state, cfg.lora_alpha / cfg.lora_rank) if cfg.lora else state
             save_mllm_folder(d.path / "mllm", net, merged)
             processor.save_pretrained(d.path / "processor")
-            if cfg.lora:
-                from safetensors.torch import save_file
+            if cfg.lora:   # adapter_config.json too: `pipe.load_lora` / PEFT can read the folder
+                from ..lora import save_adapter
 
-                (d.path / "mllm_lora").mkdir()
-                save_file(lora_state(state), str(d.path / "mllm_lora" / LORA_FILE))
+                save_adapter(d.path / "mllm_lora", lora_state(state), cfg.lora_rank, cfg.lora_alpha,
+                             cfg.lora_target_modules, "mllm")
         print0(f"exported {final}")
     parallel.barrier()
     return final
