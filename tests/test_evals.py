@@ -122,6 +122,7 @@ def test_geneval_generate_then_score_end_to_end(tmp_path, tiny_mask2former, tiny
     res = json.loads((out / "results.json").read_text())
     assert len(res["records"]) == 6 and res["summary"]["tags"].keys() == {"single_object"}
     assert res["meta"]["detector"] == str(tiny_mask2former) and res["meta"]["generation"]["settings"]["seed"] == 0
+    assert res["meta"]["generation"]["quantization"] is None and res["meta"]["generation"]["loras"] == []
     assert "overall (mean of tags)" in (out / "results.md").read_text()
 
 

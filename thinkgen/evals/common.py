@@ -92,8 +92,11 @@ def generate_items(pipe, items: list[GenItem], out_dir: Path, s: GenSettingsCLI,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(s).items()}
-    atomic_write_json(out_dir / "thinkgen_generation.json", {**meta, "model": getattr(pipe, "name", ""),
-                                                             "settings": settings, "items": len(items)})
+    quant = getattr(pipe, "quantization", None)
+    atomic_write_json(out_dir / "thinkgen_generation.json", {
+        **meta, "model": getattr(pipe, "name", ""), "settings": settings, "items": len(items),
+        "quantization": quant["weights"] if quant else None,
+        "loras": [{k: l[k] for k in ("path", "scale", "component")} for l in getattr(pipe, "loras", [])]})
     log_path = out_dir / "thinkgen_generation.jsonl"
     indexed = [(i, it) for i, it in enumerate(items) if not it.done()]
     skipped = len(items) - len(indexed)
