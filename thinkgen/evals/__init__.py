@@ -146,7 +146,8 @@ def _score(bench: str, args, argv) -> int:
     gen = args.images / "thinkgen_generation.json"
     if gen.is_file():
         g = json.loads(gen.read_text())
-        meta["generation"] = {k: g.get(k) for k in ("model", "settings", "quantization", "loras", "command", "date_utc")}
+        meta["generation"] = {k: g.get(k)
+                              for k in ("model", "settings", "quantization", "loras", "command", "date_utc")}
     if bench == "geneval":
         from .geneval import ClipColourClassifier, TransformersDetector, score_folder, summarise
 
