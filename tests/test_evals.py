@@ -321,6 +321,12 @@ def test_wise_generate_then_score_through_an_http_judge(tmp_path, capsys):
     s = json.loads((out / "results.json").read_text())["summary"]
     assert s["categories"]["PHYSICS"] == pytest.approx(0.9) and s["overall"] is None and not s["complete"]
     assert "overall (incomplete" in (out / "results.md").read_text()
+    capsys.readouterr()
+    assert cli(["eval", "report", str(out), "--out", str(tmp_path / "report.md")]) == 0
+    line = (tmp_path / "report.md").read_text().splitlines()[2]
+    assert "| WISE | overall | - | False | off |" in line and "judge at http://127.0.0.1" in line
+    assert cli(["eval", "report", str(tmp_path)]) == 2
+    assert "holds no results.json" in capsys.readouterr().err
 
 
 def test_bad_benchmark_inputs_are_refused(tmp_path, capsys):

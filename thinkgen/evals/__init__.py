@@ -229,10 +229,56 @@ def _score(bench: str, args, argv) -> int:
     return 0
 
 
+HEADLINE = {   # benchmark -> (what the paper reports, how to read it from a summary)
+    "geneval": ("overall", lambda s: s["overall"]),
+    "dpg": ("DPG score", lambda s: s["dpg_score"]),
+    "cvtg": ("word accuracy", lambda s: s["overall"]["word_accuracy"]),
+    "wise": ("overall", lambda s: s["overall"]),
+    "imgedit": ("overall", lambda s: s["overall"]),
+    "gedit": ("O (en, all)", lambda s: ((s["languages"].get("en") or {}).get("all") or {}).get("macro", {}).get("o")),
+    "risebench": ("accuracy %", lambda s: None if s["accuracy"] is None else 100 * s["accuracy"]),
+}
+
+
+def report(argv: list[str]) -> int:
+    """``thinkgen eval report DIR...``: one table of the headline numbers of scored runs (their results.json)."""
+    ap = argparse.ArgumentParser(prog="thinkgen eval report", description=report.__doc__)
+    ap.add_argument("runs", nargs="+", type=Path, help="folders holding a results.json written by `score`")
+    ap.add_argument("--out", type=Path, default=None, help="also write the table here (Markdown, atomic)")
+    args = ap.parse_args(argv)
+    from ..checkpoint import atomic_write_text
+
+    rows = ["| run | benchmark | metric | value | complete | think | model | observers |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for run in args.runs:
+        path = run / "results.json" if run.is_dir() else run
+        if not path.is_file():
+            raise InvalidInputError(f"{run} holds no results.json; run `thinkgen eval <benchmark> score` on it first")
+        res = json.loads(path.read_text())
+        meta, summary = res.get("meta", {}), res.get("summary", {})
+        bench = meta.get("benchmark")
+        if bench not in HEADLINE:
+            raise InvalidInputError(f"{path} is not a benchmark result of `thinkgen eval` (benchmark {bench!r})")
+        name, read = HEADLINE[bench]
+        value = read(summary)
+        gen = meta.get("generation") or {}
+        observers = "; ".join(str(meta[k]) for k in ("detector", "colour_clip", "ocr", "vqa", "judge") if meta.get(k))
+        rows.append(f"| {run} | {TITLES[bench]} | {name} | {'-' if value is None else f'{value:.4g}'} | "
+                    f"{summary.get('complete')} | {(gen.get('settings') or {}).get('think', '?')} | "
+                    f"{gen.get('model', '?')} | {observers} |")
+    table = "\n".join(rows) + "\n"
+    print(table, end="")
+    if args.out:
+        atomic_write_text(args.out, table)
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv and argv[0] == "report":
+        return report(argv[1:])
     if not argv or argv[0] not in BENCHMARKS:
         what = argv[0] if argv else None
-        raise InvalidInputError(f"unknown benchmark {what!r}; available: nano, {', '.join(BENCHMARKS)}")
+        raise InvalidInputError(f"unknown benchmark {what!r}; available: nano, {', '.join(BENCHMARKS)} (and report)")
     bench, rest = argv[0], argv[1:]
     args = _parser(bench).parse_args(rest)
     if args.step == "export":
