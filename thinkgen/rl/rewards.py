@@ -690,8 +690,8 @@ def parse_judge_score(reply: str, default_max: float = 10.0) -> float | None:
 class OpenAIChatBackend:
     """Minimal OpenAI-compatible chat-completions client (urllib): backend(image, text) -> reply text.
 
-    POST {base_url}/chat/completions with the image (or a list of images, in order) as PNG data URLs. The API key is read from the
-    environment variable ``api_key_env`` (sent only if set). Transport errors, HTTP 429 and 5xx are retried
+    POST {base_url}/chat/completions with the image (or a list of images, in order) as PNG data URLs. The API key
+    is read from the environment variable ``api_key_env`` (sent only if set). Transport errors, HTTP 429 and 5xx are retried
     up to ``max_retries`` (<= 3) times with linear backoff; other HTTP errors raise at once.
     """
 
