@@ -276,8 +276,8 @@ class _Judge(http.server.BaseHTTPRequestHandler):
         assert images and all(p["image_url"]["url"].startswith("data:image/png;base64,") for p in images)
         text = parts[-1]["text"]
         _Judge.seen.append(len(images))
-        if "Final Score: 1\" if yes" in text:                   # RISEBench logical: right / wrong
-            reply = "It matches. **Final Score**: 1"
+        if "Final Score: 1\" if yes" in text:                   # RISEBench logical, as a thinking judge answers
+            reply = "<think>Final Score: 0? no, look again.</think>\nIt matches. **Final Score**: 1"
         elif "Final Score" in text:                            # RISEBench 1-5 scales
             reply = "Looks right.\nFinal Score: 5" if "reasoning only" in text or "consistency only" in text \
                 else "Final Scores: 4, 3"

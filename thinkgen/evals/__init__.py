@@ -133,8 +133,10 @@ def _generate(bench: str, args, argv) -> int:
 def _judge(args):
     from ..rl.rewards import OpenAIChatBackend
 
-    return OpenAIChatBackend(args.judge_url, args.judge_model, api_key_env=args.judge_key_env, max_tokens=2000,
-                             temperature=0.0)
+    from .common import AnswerOnly
+
+    return AnswerOnly(OpenAIChatBackend(args.judge_url, args.judge_model, api_key_env=args.judge_key_env,
+                                        max_tokens=2000, temperature=0.0))
 
 
 def _score(bench: str, args, argv) -> int:

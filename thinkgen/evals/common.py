@@ -154,6 +154,19 @@ class _NoBar:
         pass
 
 
+class AnswerOnly:
+    """Wraps a judge ``(images, text) -> reply`` and drops a thinking model's ``<think>...</think>`` block from the
+    reply, so "Final Score" / yes-no parsers read the answer, not the deliberation (thinking judges whose server does
+    not separate the reasoning start their reply with it)."""
+
+    def __init__(self, judge):
+        self.judge = judge
+
+    def __call__(self, images, text: str) -> str:
+        reply = self.judge(images, text)
+        return reply.rpartition("</think>")[2].strip() if isinstance(reply, str) and "</think>" in reply else reply
+
+
 def progress_bar(total: int, desc: str, unit: str, enabled: bool = True):
     """A tqdm bar, or one that does nothing when ``enabled`` is False."""
     if not enabled:
