@@ -9,7 +9,7 @@ pytest.importorskip("optimum.quanto")
 
 from thinkgen.errors import InvalidInputError, ThinkgenError  # noqa: E402
 from thinkgen.pipeline import ThinkGenPipeline  # noqa: E402
-from thinkgen.quantization import module_bytes, quantize_pipeline  # noqa: E402
+from thinkgen.quantization import module_bytes, planned_bytes, quantize_pipeline  # noqa: E402
 
 PROMPTS = ["two red circles left of a blue square", "a small green star"]
 
@@ -65,3 +65,13 @@ def test_cli_quantize_flag_and_missing_library(tmp_path, monkeypatch, capsys):
     assert "pip install 'thinkgen[quant]'" in capsys.readouterr().err
     with pytest.raises(ThinkgenError, match="optimum-quanto"):
         quantize_pipeline(ThinkGenPipeline.from_pretrained(None, device="cpu"), "int8")
+
+
+@pytest.mark.parametrize("weights", ["int8", "float8", "int4"])
+def test_planned_bytes_equal_the_quantized_model(weights):
+    """bench/quant_footprint.py sizes the full geometry from shapes; here the formula meets the real thing."""
+    pipe = ThinkGenPipeline.from_pretrained(None, device="cpu", dtype="bfloat16")
+    plan = {c: planned_bytes(pipe.transformer if c == "transformer" else pipe.mllm.model, c, weights)
+            for c in ("transformer", "mllm")}
+    pipe.quantize(weights)
+    assert plan == {"transformer": module_bytes(pipe.transformer), "mllm": module_bytes(pipe.mllm.model)}

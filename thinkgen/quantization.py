@@ -37,6 +37,38 @@ def module_bytes(module: torch.nn.Module) -> int:
     return sum(tensor_bytes(p) for p in module.parameters()) + sum(tensor_bytes(b) for b in module.buffers())
 
 
+def chosen_linears(module: torch.nn.Module, component: str, min_features: int = 32) -> list[str]:
+    """Names of the linear layers ``quantize_pipeline`` quantizes in ``module`` (the DiT keeps DIT_KEEP)."""
+    keep = DIT_KEEP if component == "transformer" else ()
+    return [n for n, m in module.named_modules()
+            if isinstance(m, torch.nn.Linear) and not any(fnmatch.fnmatch(n, pat) for pat in keep)
+            and min(m.in_features, m.out_features) >= min_features]
+
+
+def planned_bytes(module: torch.nn.Module, component: str, weights: str, min_features: int = 32) -> int:
+    """The bytes ``module`` will hold once quantized, from shapes alone (works on the meta device, so for models too
+    large to build): int8 / float8 store one byte per weight and one scale per output channel; int4 packs two
+    weights a byte with a scale and a shift per group of 128 weights; scales take the weight dtype's size; biases,
+    embeddings, norms and kept layers stay as they are. Equals ``module_bytes`` after ``quantize_pipeline``."""
+    if weights not in SCHEMES:
+        raise InvalidInputError(f"quantization {weights!r} is not supported; use one of {SCHEMES}")
+    chosen = set(chosen_linears(module, component, min_features))
+    total = 0
+    for name, m in module.named_modules():
+        for pname, p in m.named_parameters(recurse=False):
+            n, el = p.numel(), p.element_size()
+            if name in chosen and pname == "weight":
+                if weights == "int4":   # scale + shift per group: 128, 96, 64 or 32 inputs (the first that divides)
+                    g = next((g for g in (128, 96, 64, 32) if m.in_features > 128 and m.in_features % g == 0), None)
+                    total += n // 2 + (n // g if g else m.out_features) * 2 * el
+                else:
+                    total += n + m.out_features * el
+                total += 2 * el         # the quantized layer's input / output scale scalars
+            else:
+                total += n * el
+    return total + sum(b.numel() * b.element_size() for b in module.buffers())
+
+
 def _module(pipe, component: str) -> torch.nn.Module:
     return pipe.transformer if component == "transformer" else pipe.mllm.model
 
@@ -62,11 +94,8 @@ def quantize_pipeline(pipe, weights: str = "int8", components=COMPONENTS, min_fe
     report: dict[str, Any] = {"weights": weights, "library": "optimum-quanto", "min_features": min_features}
     for comp in components:
         module = _module(pipe, comp)
-        keep = DIT_KEEP if comp == "transformer" else ()
         linears = [n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)]
-        chosen = [n for n in linears
-                  if not any(fnmatch.fnmatch(n, pat) for pat in keep)
-                  and min(module.get_submodule(n).in_features, module.get_submodule(n).out_features) >= min_features]
+        chosen = chosen_linears(module, comp, min_features)
         before = module_bytes(module)
         if chosen:
             quantize(module, weights=qtype, include=chosen)
