@@ -12,7 +12,7 @@
 # (3) the full geometry with random weights (Qwen3-VL-8B-shaped MLLM + 3.98B DiT + FLUX-shaped VAE, bf16, 1024 px,
 # 50 steps): batch 1, batch 1 with the DiT blocks compiled, batch 4, batch 1 with int8 weights (needs optimum-quanto),
 # batch 1 with model CPU offload; the nano server's throughput with and without request batching (needs fastapi,
-# uvicorn, httpx, python-multipart: put their wheels in .whl/ with `pip download -d .whl --no-deps ...`); (4) the
+# uvicorn, httpx, python-multipart: `bash bench/fetch_gpu_wheels.sh`, then run with carry [".whl"]); (4) the
 # from-scratch nano recipe on CUDA while time lasts (how far it gets, stage by stage).
 set -u
 OUT=${1:?usage: bash bench/gpu_session.sh OUTDIR}
