@@ -16,14 +16,12 @@ def provenance(argv: list[str] | None) -> dict[str, str]:
 
 
 def write_result(path, result: dict) -> None:
-    """Write a benchmark's result JSON atomically (temporary file + rename) and say where."""
-    import json
-    import os
+    """Write a benchmark's result JSON atomically (thinkgen.checkpoint.atomic_write_json) and say where."""
     from pathlib import Path
+
+    from thinkgen.checkpoint import atomic_write_json
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, result)
     print(f"wrote {path}")

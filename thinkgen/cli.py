@@ -91,11 +91,9 @@ def _load(args):
     from .pipeline import ThinkGenPipeline
 
     device, dtype = _device_dtype(args)
-    if getattr(args, "quantize", None):
-        try:                                   # fail before loading anything
-            import optimum.quanto  # noqa: F401
-        except ImportError:
-            raise ThinkgenError("--quantize needs optimum-quanto: pip install 'thinkgen[quant]'") from None
+    if getattr(args, "quantize", None):        # fail before loading anything
+        from .quantization import require_quanto
+        require_quanto()
     for path in getattr(args, "lora", None) or []:
         if not Path(path).is_dir():
             raise InvalidInputError(f"--lora {path} is not a folder; pass a trainer's final/transformer_lora or "

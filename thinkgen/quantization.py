@@ -69,6 +69,15 @@ def planned_bytes(module: torch.nn.Module, component: str, weights: str, min_fea
     return total + sum(b.numel() * b.element_size() for b in module.buffers())
 
 
+def require_quanto():
+    """The optimum.quanto module, or a ThinkgenError with the install command."""
+    try:
+        import optimum.quanto as quanto
+    except ImportError:
+        raise ThinkgenError("quantization needs optimum-quanto: pip install 'thinkgen[quant]'") from None
+    return quanto
+
+
 def _module(pipe, component: str) -> torch.nn.Module:
     return pipe.transformer if component == "transformer" else pipe.mllm.model
 
@@ -86,11 +95,8 @@ def quantize_pipeline(pipe, weights: str = "int8", components=COMPONENTS, min_fe
     if getattr(pipe, "quantization", None):
         raise InvalidInputError(f"this pipeline is already quantized ({pipe.quantization['weights']}); "
                                 "load it again to quantize differently")
-    try:
-        from optimum.quanto import freeze, qfloat8, qint4, qint8, quantize
-    except ImportError:
-        raise ThinkgenError("quantization needs optimum-quanto: pip install 'thinkgen[quant]'") from None
-    qtype = {"int8": qint8, "float8": qfloat8, "int4": qint4}[weights]
+    quanto = require_quanto()
+    qtype = {"int8": quanto.qint8, "float8": quanto.qfloat8, "int4": quanto.qint4}[weights]
     report: dict[str, Any] = {"weights": weights, "library": "optimum-quanto", "min_features": min_features}
     for comp in components:
         module = _module(pipe, comp)
@@ -98,8 +104,8 @@ def quantize_pipeline(pipe, weights: str = "int8", components=COMPONENTS, min_fe
         chosen = chosen_linears(module, comp, min_features)
         before = module_bytes(module)
         if chosen:
-            quantize(module, weights=qtype, include=chosen)
-            freeze(module)
+            quanto.quantize(module, weights=qtype, include=chosen)
+            quanto.freeze(module)
         report[comp] = {"linear_layers": len(linears), "quantized": len(chosen), "bytes_before": before,
                         "bytes_after": module_bytes(module)}
     pipe.quantization = report

@@ -23,20 +23,26 @@ TITLES = {"geneval": "GenEval", "dpg": "DPG-Bench", "cvtg": "CVTG-2K", "wise": "
           "gedit": "GEdit-Bench", "risebench": "RISEBench"}
 
 
+DATA_HELP = {   # what --data is, per benchmark (DPG takes --prompts / --csv instead)
+    "geneval": "evaluation_metadata.jsonl (default: the bundled copy)",
+    "cvtg": "the CVTG-2K folder (CVTG/, CVTG-Style/)",
+    "wise": "WISE_legacy/data (the three category JSON files)",
+    "imgedit": "ImgEdit's Benchmark/Basic/basic_edit.json",
+    "gedit": "a GEdit-Bench manifest.jsonl (`thinkgen eval gedit export`)",
+    "risebench": "RISEBench's data_total.json (or the 360-item JSON)",
+}
+
+
 def _parser(bench: str) -> argparse.ArgumentParser:
+    from ..cli import _add_model_args
+
     p = argparse.ArgumentParser(prog=f"thinkgen eval {bench}", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="step", required=True)
     g = sub.add_parser("generate", help="render the benchmark's prompts into its official folder layout")
     g.add_argument("--out", type=Path, required=True, help="image folder (resumable: finished prompts are skipped)")
-    g.add_argument("--model", default=None, help="checkpoint folder or hub id (default: the shipped nano)")
-    g.add_argument("--device", default=None)
-    g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
-    g.add_argument("--cpu-offload", action="store_true")
-    g.add_argument("--quantize", default=None, choices=["int8", "float8", "int4"])
-    g.add_argument("--lora", action="append", default=None, metavar="DIR", help="merge a LoRA adapter (repeatable)")
-    g.add_argument("--lora-scale", type=float, default=1.0)
-    g.add_argument("--compile", action="store_true")
+    _add_model_args(g)                     # --model, --device, --dtype, --cpu-offload, --quantize, --lora: as generate
+    g.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (pays off over many images)")
     g.add_argument("--think", default="off", choices=["off", "on", "auto"])
     g.add_argument("--images-per-prompt", type=int, default=DEFAULT_IMAGES[bench])
     g.add_argument("--seed", type=int, default=0, help="item i's images use seeds seed + i*n ... seed + i*n + n-1")
@@ -51,19 +57,10 @@ def _parser(bench: str) -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, default=None, help="where results.json / results.md go (default: --images)")
     s.add_argument("--device", default="cpu")
     for q in (g, s):
-        if bench == "geneval":
-            q.add_argument("--data", default=None, help="evaluation_metadata.jsonl (default: the bundled copy)")
-        elif bench == "cvtg":
-            q.add_argument("--data", required=True, help="the CVTG-2K folder (CVTG/, CVTG-Style/)")
-        elif bench == "wise":
-            q.add_argument("--data", required=True, help="WISE_legacy/data (the three category JSON files)")
-        elif bench == "imgedit":
-            q.add_argument("--data", required=True, help="ImgEdit's Benchmark/Basic/basic_edit.json")
+        if bench in DATA_HELP:
+            q.add_argument("--data", required=bench != "geneval", default=None, help=DATA_HELP[bench])
+        if bench == "imgedit":
             q.add_argument("--source-root", required=True, help="the folder basic_edit.json's image ids are relative to")
-        elif bench == "gedit":
-            q.add_argument("--data", required=True, help="a GEdit-Bench manifest.jsonl (`thinkgen eval gedit export`)")
-        elif bench == "risebench":
-            q.add_argument("--data", required=True, help="RISEBench's data_total.json (or the 360-item JSON)")
     if bench == "gedit":
         x = sub.add_parser("export", help="write manifest.jsonl + source images from the Hugging Face dataset")
         x.add_argument("--out", type=Path, required=True)
